@@ -1,0 +1,100 @@
+package reuseport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	libp2p "github.com/libp2p/go-reuseport"
+)
+
+// ErrNotSupported is returned (wrapped) by the functions that need Linux.
+var ErrNotSupported = errors.New("reuseport: not supported on this platform")
+
+// Socket is one TCP listening socket of the network namespace.
+type Socket struct {
+	Addr  netip.AddrPort // local address
+	UID   int            // owner's UID
+	Inode uint64         // socket inode, as in /proc/PID/fd/N -> socket:[Inode]
+	Queue int            // accept-queue length
+}
+
+// Control sets SO_REUSEPORT (and SO_REUSEADDR) on a socket before it binds.
+// Its signature is that of [net.ListenConfig.Control] and
+// [net.Dialer.Control]; a failed setsockopt is returned, never ignored.
+func Control(network, address string, c syscall.RawConn) error {
+	if err := libp2p.Control(network, address, c); err != nil {
+		return fmt.Errorf("reuseport: set SO_REUSEPORT on %s %s: %w", network, address, err)
+	}
+	return nil
+}
+
+// ListenConfig returns a copy of lc whose Control hook runs lc's own Control
+// first (if any) and then [Control], with Multipath TCP turned off.
+//
+// Go (1.24 and later) makes MPTCP sockets for listeners by default where the
+// kernel has it, and an MPTCP socket refuses SO_ATTACH_REUSEPORT_CBPF with
+// EOPNOTSUPP: the handover's steering needs plain TCP.
+func ListenConfig(lc net.ListenConfig) net.ListenConfig {
+	lc.SetMultipathTCP(false)
+	prev := lc.Control
+	lc.Control = func(network, address string, c syscall.RawConn) error {
+		if prev != nil {
+			if err := prev(network, address, c); err != nil {
+				return err
+			}
+		}
+		return Control(network, address, c)
+	}
+	return lc
+}
+
+// Listen announces on a TCP address with SO_REUSEPORT set. network is
+// "tcp", "tcp4" or "tcp6". A port held by a socket that cannot share it is
+// an [*AddrInUseError].
+func Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	lc := ListenConfig(net.ListenConfig{})
+	l, err := lc.Listen(ctx, network, address)
+	if err != nil {
+		return nil, explain(network, address, err)
+	}
+	return l, nil
+}
+
+// ListenPacket is Listen for "udp", "udp4" and "udp6". Datagram sockets
+// share the port, but nothing is handed over between them: see the README.
+func ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	lc := ListenConfig(net.ListenConfig{})
+	pc, err := lc.ListenPacket(ctx, network, address)
+	if err != nil {
+		return nil, explain(network, address, err)
+	}
+	return pc, nil
+}
+
+// AddrInUseError says why a port could not be shared. It unwraps to the
+// bind error (syscall.EADDRINUSE).
+type AddrInUseError struct {
+	Network string
+	Addr    string
+	// Reason says who holds the port, as far as could be seen.
+	Reason string
+	Err    error
+}
+
+func (e *AddrInUseError) Error() string {
+	return fmt.Sprintf("reuseport: cannot bind %s %s: %s: %v", e.Network, e.Addr, e.Reason, e.Err)
+}
+
+func (e *AddrInUseError) Unwrap() error { return e.Err }
+
+// explain turns a bare EADDRINUSE into an error that says who holds the port.
+func explain(network, address string, err error) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("reuseport: listen %s %s: %w", network, address, err)
+	}
+	return &AddrInUseError{Network: network, Addr: address, Reason: holder(address), Err: err}
+}

@@ -1,0 +1,242 @@
+//go:build linux
+
+package reuseport
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
+const (
+	stateSynRecv = 0x03
+	stateListen  = 0x0A
+)
+
+// AcceptQueueLen returns the number of connections waiting in a listener's
+// accept queue: established by the kernel, not yet returned by accept(2).
+// On a listening socket TCP_INFO's tcpi_unacked holds that number.
+func AcceptQueueLen(l syscall.Conn) (int, error) {
+	var n int
+	err := withFD(l, "read TCP_INFO", func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return err
+		}
+		n = int(info.Unacked)
+		return nil
+	})
+	return n, err
+}
+
+// Steer attaches to the reuseport group of l a classic BPF program that
+// returns index: every new connection to the group goes to the member that
+// joined index-th (from 0), or, if there is no such member, to the one the
+// hash picks. The program replaces any earlier one and stays with the group
+// after l is closed.
+func Steer(l syscall.Conn, index uint32) error {
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: index}}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	return withFD(l, fmt.Sprintf("attach reuseport program \"ret #%d\"", index), func(fd int) error {
+		return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
+	})
+}
+
+// Dark steers the group of l to its oldest member (index 0). A new instance
+// calls it right after it listens, so that it receives no connection until
+// the old instance hands the port over (see runner).
+func Dark(l syscall.Conn) error { return Steer(l, 0) }
+
+// Detach removes the group's program: connections are spread by hash again.
+func Detach(l syscall.Conn) error {
+	return withFD(l, "detach reuseport program", func(fd int) error {
+		err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DETACH_REUSEPORT_BPF, 0)
+		if err == unix.ENOENT { // no program attached: nothing to do
+			return nil
+		}
+		return err
+	})
+}
+
+// MigrateReq reports whether net.ipv4.tcp_migrate_req is 1 in this network
+// namespace: then the kernel moves the queued and half-open connections of a
+// closing listener to another member of its group instead of resetting them.
+func MigrateReq() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	if err != nil {
+		return false, fmt.Errorf("reuseport: read tcp_migrate_req: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+func withFD(l syscall.Conn, what string, f func(fd int) error) error {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("reuseport: %s: %w", what, err)
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return fmt.Errorf("reuseport: %s: %w", what, err)
+	}
+	if ferr != nil {
+		return fmt.Errorf("reuseport: %s: %w", what, ferr)
+	}
+	return nil
+}
+
+// ListeningSockets lists every TCP listening socket of this network
+// namespace (IPv4 and IPv6), from /proc/net/tcp and /proc/net/tcp6.
+func ListeningSockets() ([]Socket, error) {
+	var out []Socket
+	err := scanTCP(func(st int, local, _ netip.AddrPort, queue, uid int, inode uint64) bool {
+		if st == stateListen {
+			out = append(out, Socket{Addr: local, UID: uid, Inode: inode, Queue: queue})
+		}
+		// The kernel lists the listening hash before the established one, so
+		// the first other state ends the listeners of this file.
+		return st == stateListen
+	})
+	return out, err
+}
+
+// GroupSize returns how many listening sockets are bound to exactly addr:
+// the members of its reuseport group.
+func GroupSize(addr netip.AddrPort) (int, error) {
+	socks, err := ListeningSockets()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range socks {
+		if sameAddr(s.Addr, addr) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// HalfOpen returns the peers of the connections to addr that are still in
+// SYN_RECV: the SYN arrived and was answered, the final ACK has not. Each is
+// bound to the listener the group chose when its SYN arrived. For a listener
+// on a wildcard address, every local address of that port counts.
+func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]bool, error) {
+	out := map[netip.AddrPort]bool{}
+	err := scanTCP(func(st int, local, remote netip.AddrPort, _, _ int, _ uint64) bool {
+		if st == stateSynRecv && local.Port() == addr.Port() &&
+			(addr.Addr().IsUnspecified() || sameAddr(local, addr)) {
+			out[remote] = true
+		}
+		return true
+	})
+	return out, err
+}
+
+func sameAddr(a, b netip.AddrPort) bool {
+	return a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap() && a.Addr().Is4() == b.Addr().Is4()
+}
+
+// scanTCP calls f for every line of /proc/net/tcp and /proc/net/tcp6 until f
+// returns false for that file.
+func scanTCP(f func(state int, local, remote netip.AddrPort, queue, uid int, inode uint64) bool) error {
+	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(name)
+		if os.IsNotExist(err) && name == "/proc/net/tcp6" {
+			continue // IPv6 disabled
+		}
+		if err != nil {
+			return fmt.Errorf("reuseport: read %s: %w", name, err)
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Scan() // header
+		for sc.Scan() {
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+			fs := strings.Fields(sc.Text())
+			if len(fs) < 10 {
+				continue
+			}
+			local, err1 := parseHexAddr(fs[1])
+			remote, err2 := parseHexAddr(fs[2])
+			st, err3 := strconv.ParseUint(fs[3], 16, 8)
+			_, rx, _ := strings.Cut(fs[4], ":")
+			queue, err4 := strconv.ParseUint(rx, 16, 32)
+			uid, err5 := strconv.Atoi(fs[7])
+			inode, err6 := strconv.ParseUint(fs[9], 10, 64)
+			if err := errorsJoin(err1, err2, err3, err4, err5, err6); err != nil {
+				return fmt.Errorf("reuseport: parse %s line %q: %w", name, sc.Text(), err)
+			}
+			if !f(int(st), local, remote, int(queue), uid, inode) {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func errorsJoin(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseHexAddr parses /proc/net/tcp's "0100007F:1F90": the address as
+// 32-bit words in host byte order, then the port in big-endian hex.
+func parseHexAddr(s string) (netip.AddrPort, error) {
+	h, p, ok := strings.Cut(s, ":")
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("address %q has no port", s)
+	}
+	raw, err := hex.DecodeString(h)
+	if err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	port, err := strconv.ParseUint(p, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port in %q", s)
+	}
+	for i := 0; i < len(raw); i += 4 {
+		binary.NativeEndian.PutUint32(raw[i:], binary.BigEndian.Uint32(raw[i:]))
+	}
+	addr, _ := netip.AddrFromSlice(raw)
+	return netip.AddrPortFrom(addr, uint16(port)), nil
+}
+
+// holder says who, as far as this namespace shows, holds address.
+func holder(address string) string {
+	ta, err := net.ResolveTCPAddr("tcp", address)
+	if err != nil {
+		return "the port is in use"
+	}
+	want := netip.AddrPortFrom(ta.AddrPort().Addr().Unmap(), ta.AddrPort().Port())
+	socks, err := ListeningSockets()
+	if err != nil {
+		return "the port is in use"
+	}
+	euid := os.Geteuid()
+	for _, s := range socks {
+		if s.Addr.Port() != want.Port() {
+			continue
+		}
+		if !(sameAddr(s.Addr, want) || s.Addr.Addr().IsUnspecified() || want.Addr().IsUnspecified()) {
+			continue
+		}
+		if s.UID != euid {
+			return fmt.Sprintf("%s is held by a socket of uid %d, and the kernel lets only sockets of the same effective uid (here %d) share a port", s.Addr, s.UID, euid)
+		}
+		return fmt.Sprintf("%s is held by a socket without SO_REUSEPORT (a process that cannot share the port)", s.Addr)
+	}
+	return "the port is held by a socket that is not listening or not visible here"
+}

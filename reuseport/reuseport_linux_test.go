@@ -1,0 +1,256 @@
+//go:build linux
+
+package reuseport
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary play a server of another user (see
+// TestListenOtherUID).
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("REUSEPORT_TEST_HOLD"); addr != "" {
+		l, err := Listen(context.Background(), "tcp", addr)
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println(l.Addr())
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // hold until the parent closes stdin
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func listen(t *testing.T, addr string) *net.TCPListener {
+	t.Helper()
+	l, err := Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.(*net.TCPListener)
+}
+
+// waitQueues dials n connections to addr and waits until the accept queues
+// of ls hold them all; it returns each queue's length.
+func dialAndCount(t *testing.T, addr string, n int, ls ...*net.TCPListener) []int {
+	t.Helper()
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		counts, total := make([]int, len(ls)), 0
+		for i, l := range ls {
+			q, err := AcceptQueueLen(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			counts[i] = q
+			total += q
+		}
+		if total >= n || time.Now().After(deadline) {
+			return counts
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// drain accepts and closes whatever is queued on l.
+func drain(t *testing.T, l *net.TCPListener) {
+	t.Helper()
+	for {
+		q, err := AcceptQueueLen(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q == 0 {
+			return
+		}
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
+// TestSteering checks the kernel facts the handover relies on: the program
+// returns an index in join order, an out-of-range index falls back to the
+// hash, a leaving member is replaced by the last one, and the program stays
+// with the group after the socket that attached it is closed.
+func TestSteering(t *testing.T) {
+	l0 := listen(t, "127.0.0.1:0")
+	addr := l0.Addr().String()
+	l1 := listen(t, addr)
+
+	if n, err := GroupSize(netip.MustParseAddrPort(addr)); err != nil || n != 2 {
+		t.Fatalf("GroupSize = %d, %v; want 2", n, err)
+	}
+
+	if err := Steer(l1, 1); err != nil { // attached through l1, index 1 = l1
+		t.Fatal(err)
+	}
+	if got := dialAndCount(t, addr, 20, l0, l1); got[0] != 0 || got[1] != 20 {
+		t.Fatalf("ret #1: queues = %v, want [0 20]", got)
+	}
+	drain(t, l1)
+
+	if err := Dark(l1); err != nil {
+		t.Fatal(err)
+	}
+	if got := dialAndCount(t, addr, 20, l0, l1); got[0] != 20 || got[1] != 0 {
+		t.Fatalf("ret #0: queues = %v, want [20 0]", got)
+	}
+	drain(t, l0)
+
+	// Steer to l1, then close l0: l1 moves into slot 0, index 1 is out of
+	// range and the hash (one member) picks l1.
+	if err := Steer(l0, 1); err != nil {
+		t.Fatal(err)
+	}
+	l0.Close()
+	if got := dialAndCount(t, addr, 10, l1); got[0] != 10 {
+		t.Fatalf("out of range: queue = %v, want [10]", got)
+	}
+	drain(t, l1)
+
+	// The stale "ret #1" steers everything to a newcomer at slot 1.
+	l2 := listen(t, addr)
+	if got := dialAndCount(t, addr, 10, l1, l2); got[1] != 10 {
+		t.Fatalf("stale program: queues = %v, want all 10 on the newcomer", got)
+	}
+	drain(t, l2)
+	// Which Dark neutralises.
+	if err := Dark(l2); err != nil {
+		t.Fatal(err)
+	}
+	if got := dialAndCount(t, addr, 10, l1, l2); got[0] != 10 {
+		t.Fatalf("after Dark: queues = %v, want all 10 on the oldest", got)
+	}
+	drain(t, l1)
+
+	if err := Detach(l2); err != nil {
+		t.Fatal(err)
+	}
+	if err := Detach(l2); err != nil {
+		t.Fatalf("second Detach: %v", err)
+	}
+}
+
+func TestListeningSockets(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	var st syscall.Stat_t
+	rc, _ := l.SyscallConn()
+	rc.Control(func(fd uintptr) { syscall.Fstat(int(fd), &st) })
+	socks, err := ListeningSockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := netip.MustParseAddrPort(l.Addr().String())
+	for _, s := range socks {
+		if s.Inode == st.Ino {
+			if s.Addr != want || s.UID != os.Geteuid() {
+				t.Fatalf("socket = %+v, want addr %s uid %d", s, want, os.Geteuid())
+			}
+			return
+		}
+	}
+	t.Fatalf("inode %d (%s) not among %d listening sockets", st.Ino, want, len(socks))
+}
+
+func TestParseHexAddr(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"0100007F:1F90", "127.0.0.1:8080"},
+		{"00000000:0016", "0.0.0.0:22"},
+		{"00000000000000000000000001000000:0050", "[::1]:80"},
+		{"0000000000000000FFFF00000100007F:01BB", "[::ffff:127.0.0.1]:443"},
+	} {
+		got, err := parseHexAddr(tc.in)
+		if err != nil || got.String() != tc.want {
+			t.Errorf("parseHexAddr(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "0100007F", "zz00007F:1F90", "0100007F:zz", "01007F:0050"} {
+		if _, err := parseHexAddr(bad); err == nil {
+			t.Errorf("parseHexAddr(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestListenHeldWithoutReuseport(t *testing.T) {
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	_, err = Listen(context.Background(), "tcp", plain.Addr().String())
+	var inUse *AddrInUseError
+	if !errors.As(err, &inUse) || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("err = %v, want an AddrInUseError wrapping EADDRINUSE", err)
+	}
+	for _, want := range []string{plain.Addr().String(), "without SO_REUSEPORT"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+// TestListenOtherUID: a process of another user cannot join the group, so
+// it cannot take part of the port's traffic.
+func TestListenOtherUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start a process as another user")
+	}
+	// The test binary's own directory is not open to another user: copy it.
+	dir, err := os.MkdirTemp("", "reuseport-uid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := dir + "/holder"
+	exe, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "REUSEPORT_TEST_HOLD=127.0.0.1:0")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.HasPrefix(line, "error") {
+		t.Fatalf("child: %q, %v", line, err)
+	}
+	addr := strings.TrimSpace(line)
+	_, err = Listen(context.Background(), "tcp", addr)
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "uid 65534") {
+		t.Fatalf("err = %v, want EADDRINUSE naming uid 65534", err)
+	}
+}
