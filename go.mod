@@ -7,4 +7,8 @@ require (
 	golang.org/x/sys v0.50.0
 )
 
-require github.com/stretchr/testify v1.8.0 // indirect
+require (
+	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
+	github.com/oklog/run v1.2.0 // indirect
+	github.com/stretchr/testify v1.8.0 // indirect
+)

@@ -3,25 +3,14 @@
 package reuseport
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
-)
-
-// TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
-const (
-	stateSynRecv = 0x03
-	stateListen  = 0x0A
 )
 
 // AcceptQueueLen returns the number of connections waiting in a listener's
@@ -96,18 +85,17 @@ func withFD(l syscall.Conn, what string, f func(fd int) error) error {
 }
 
 // ListeningSockets lists every TCP listening socket of this network
-// namespace (IPv4 and IPv6), from /proc/net/tcp and /proc/net/tcp6.
+// namespace, IPv4 and IPv6 (through sock_diag).
 func ListeningSockets() ([]Socket, error) {
-	var out []Socket
-	err := scanTCP(func(st int, local, _ netip.AddrPort, queue, uid int, inode uint64) bool {
-		if st == stateListen {
-			out = append(out, Socket{Addr: local, UID: uid, Inode: inode, Queue: queue})
-		}
-		// The kernel lists the listening hash before the established one, so
-		// the first other state ends the listeners of this file.
-		return st == stateListen
-	})
-	return out, err
+	socks, err := diagTCP(1 << tcpListen)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Socket, 0, len(socks))
+	for _, s := range socks {
+		out = append(out, Socket{Addr: s.Local, UID: int(s.UID), Inode: uint64(s.Inode), Queue: int(s.RQueue)})
+	}
+	return out, nil
 }
 
 // GroupSize returns how many listening sockets are bound to exactly addr:
@@ -127,91 +115,26 @@ func GroupSize(addr netip.AddrPort) (int, error) {
 }
 
 // HalfOpen returns the peers of the connections to addr that are still in
-// SYN_RECV: the SYN arrived and was answered, the final ACK has not. Each is
-// bound to the listener the group chose when its SYN arrived. For a listener
-// on a wildcard address, every local address of that port counts.
+// SYN_RECV: the SYN arrived and was answered, the final ACK has not (or, on a
+// listener with TCP_DEFER_ACCEPT, no data has). Each is bound to the listener
+// the group chose when its SYN arrived. For a listener on a wildcard address,
+// every local address of that port counts.
 func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]bool, error) {
+	socks, err := diagTCP(1<<tcpSynRecv | 1<<tcpNewSynRecv)
+	if err != nil {
+		return nil, err
+	}
 	out := map[netip.AddrPort]bool{}
-	err := scanTCP(func(st int, local, remote netip.AddrPort, _, _ int, _ uint64) bool {
-		if st == stateSynRecv && local.Port() == addr.Port() &&
-			(addr.Addr().IsUnspecified() || sameAddr(local, addr)) {
-			out[remote] = true
+	for _, s := range socks {
+		if s.Local.Port() == addr.Port() && (addr.Addr().IsUnspecified() || sameAddr(s.Local, addr)) {
+			out[s.Remote] = true
 		}
-		return true
-	})
-	return out, err
+	}
+	return out, nil
 }
 
 func sameAddr(a, b netip.AddrPort) bool {
-	return a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap() && a.Addr().Is4() == b.Addr().Is4()
-}
-
-// scanTCP calls f for every line of /proc/net/tcp and /proc/net/tcp6 until f
-// returns false for that file.
-func scanTCP(f func(state int, local, remote netip.AddrPort, queue, uid int, inode uint64) bool) error {
-	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(name)
-		if os.IsNotExist(err) && name == "/proc/net/tcp6" {
-			continue // IPv6 disabled
-		}
-		if err != nil {
-			return fmt.Errorf("reuseport: read %s: %w", name, err)
-		}
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		sc.Scan() // header
-		for sc.Scan() {
-			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
-			fs := strings.Fields(sc.Text())
-			if len(fs) < 10 {
-				continue
-			}
-			local, err1 := parseHexAddr(fs[1])
-			remote, err2 := parseHexAddr(fs[2])
-			st, err3 := strconv.ParseUint(fs[3], 16, 8)
-			_, rx, _ := strings.Cut(fs[4], ":")
-			queue, err4 := strconv.ParseUint(rx, 16, 32)
-			uid, err5 := strconv.Atoi(fs[7])
-			inode, err6 := strconv.ParseUint(fs[9], 10, 64)
-			if err := errorsJoin(err1, err2, err3, err4, err5, err6); err != nil {
-				return fmt.Errorf("reuseport: parse %s line %q: %w", name, sc.Text(), err)
-			}
-			if !f(int(st), local, remote, int(queue), uid, inode) {
-				break
-			}
-		}
-	}
-	return nil
-}
-
-func errorsJoin(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// parseHexAddr parses /proc/net/tcp's "0100007F:1F90": the address as
-// 32-bit words in host byte order, then the port in big-endian hex.
-func parseHexAddr(s string) (netip.AddrPort, error) {
-	h, p, ok := strings.Cut(s, ":")
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("address %q has no port", s)
-	}
-	raw, err := hex.DecodeString(h)
-	if err != nil || (len(raw) != 4 && len(raw) != 16) {
-		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
-	}
-	port, err := strconv.ParseUint(p, 16, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("bad port in %q", s)
-	}
-	for i := 0; i < len(raw); i += 4 {
-		binary.NativeEndian.PutUint32(raw[i:], binary.BigEndian.Uint32(raw[i:]))
-	}
-	addr, _ := netip.AddrFromSlice(raw)
-	return netip.AddrPortFrom(addr, uint16(port)), nil
+	return a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap()
 }
 
 // holder says who, as far as this namespace shows, holds address.

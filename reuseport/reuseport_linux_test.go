@@ -175,25 +175,6 @@ func TestListeningSockets(t *testing.T) {
 	t.Fatalf("inode %d (%s) not among %d listening sockets", st.Ino, want, len(socks))
 }
 
-func TestParseHexAddr(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"0100007F:1F90", "127.0.0.1:8080"},
-		{"00000000:0016", "0.0.0.0:22"},
-		{"00000000000000000000000001000000:0050", "[::1]:80"},
-		{"0000000000000000FFFF00000100007F:01BB", "[::ffff:127.0.0.1]:443"},
-	} {
-		got, err := parseHexAddr(tc.in)
-		if err != nil || got.String() != tc.want {
-			t.Errorf("parseHexAddr(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
-		}
-	}
-	for _, bad := range []string{"", "0100007F", "zz00007F:1F90", "0100007F:zz", "01007F:0050"} {
-		if _, err := parseHexAddr(bad); err == nil {
-			t.Errorf("parseHexAddr(%q) succeeded", bad)
-		}
-	}
-}
-
 func TestListenHeldWithoutReuseport(t *testing.T) {
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -252,5 +233,51 @@ func TestListenOtherUID(t *testing.T) {
 	_, err = Listen(context.Background(), "tcp", addr)
 	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "uid 65534") {
 		t.Fatalf("err = %v, want EADDRINUSE naming uid 65534", err)
+	}
+}
+
+// TestHalfOpen uses TCP_DEFER_ACCEPT, which keeps a connection in SYN_RECV
+// on the server until its first data arrives, to hold one half-open.
+func TestHalfOpen(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	rc, _ := l.SyscallConn()
+	var serr error
+	rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 5) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peer := netip.MustParseAddrPort(c.LocalAddr().String())
+
+	wait := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ho, err := HalfOpen(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ho[peer] == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("HalfOpen(%s)[%s] = %v, want %v (all: %v)", addr, peer, ho[peer], want, ho)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(true)
+	if q, _ := AcceptQueueLen(l); q != 0 {
+		t.Fatalf("accept queue = %d while the connection is half-open", q)
+	}
+	c.Write([]byte("x")) // data completes it: out of SYN_RECV, into the queue
+	wait(false)
+	if got := dialAndCount(t, addr.String(), 0, l); got[0] != 1 {
+		t.Fatalf("accept queue = %v, want [1]", got)
 	}
 }

@@ -1,0 +1,70 @@
+// Package runner is the side of changeover that a server author calls from
+// main: it binds listeners that share their port with the next version of the
+// server, serves them, tells the supervisor when it is ready, and on the
+// supervisor's SIGTERM hands the port over without dropping a connection.
+//
+// # The guarantee
+//
+// When the old instance is asked to stop (its Run context is cancelled, e.g.
+// by SIGTERM through [SignalContext]) while a new instance listens beside it
+// on the same address, no connection that reached the old instance is lost:
+// connections waiting in its accept queue or still half-open are served by
+// the old instance, requests in flight finish, keep-alive connections close
+// cleanly after a response that carries "Connection: close" (HTTP/2: GOAWAY),
+// and every new connection goes to the new instance. This holds on Linux 4.6
+// and later without any privilege or sysctl; with net.ipv4.tcp_migrate_req=1
+// (Linux 5.14 and later) the kernel migrates queued connections as well, as a
+// second line of defence. It holds within the drain deadline: what is still
+// running at the deadline is cut, and the log says how many connections were.
+//
+// # Handover, in order
+//
+// A new instance, right after each listen, attaches a steering program that
+// sends the group's new connections to its oldest member (reuseport.Dark): the
+// new instance receives no connection until it is told to take over, so a new
+// version that never becomes healthy costs no request.
+//
+// When Run's context is done, for each [http.Server] the old instance:
+//
+//  1. marks itself draining: every response from now on carries
+//     "Connection: close" (not SetKeepAlivesEnabled(false), which closes idle
+//     connections at once, racing clients that are sending on them);
+//  2. if another member shares the listener's address, steers the group to it
+//     (reuseport.Steer(l, 1): the old instance is member 0 since it joined
+//     first), keeps accepting until its accept queue is empty and every
+//     connection that was half-open at the steering has left SYN_RECV, twice
+//     in a row a few milliseconds apart, and only then closes the listener
+//     itself; alone on the address, it closes the listener at once;
+//  3. waits for Serve to return, so that every accepted connection is known;
+//  4. waits until its connections are gone or KeepAliveWindow has passed:
+//     each keep-alive connection closes after its next response;
+//  5. calls [http.Server.Shutdown], which closes the connections that stayed
+//     idle for the whole window and waits for the active ones, until the
+//     drain deadline; then [http.Server.Close] cuts what is left, and the cut
+//     connections are counted in the log.
+//
+// The drain deadline is the smaller of Options.DrainTimeout and
+// CHANGEOVER_DRAIN_TIMEOUT, else 30 s; the instance finishes a little before
+// it (a tenth of it, at most 500 ms), because the supervisor kills the
+// process group just after it.
+//
+// After the old instance has left, the survivor sees that it is alone on its
+// address and attaches its own "return 0" program again, so that the program
+// the old instance left behind ("return 1") cannot steer the next version's
+// connections to it before it is healthy.
+//
+// Not covered: a connection idle during the whole KeepAliveWindow is closed at
+// its end, and a request sent at that very instant races with the close, as
+// with any HTTP/1.1 server (Go's client retries idempotent requests);
+// hijacked connections (WebSocket, SSE) are not tracked and are cut at the
+// deadline like the rest; UDP and unix-socket listeners are not handed over.
+//
+// # Readiness
+//
+// Run sends READY=1 over NOTIFY_SOCKET (the sd_notify protocol, so the same
+// binary works under systemd's Type=notify) once every server is serving and
+// the health handler answers 2xx. The health handler is served on
+// CHANGEOVER_HEALTH_ADDR, an address that only this instance serves, so the
+// supervisor's probe reaches this instance and not whichever one the kernel
+// picks on the shared port.
+package runner

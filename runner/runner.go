@@ -1,0 +1,406 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/oklog/run"
+
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+// Environment variables read by Run. The supervisor sets them; a server in
+// another language can honour the same contract.
+const (
+	EnvHealthAddr   = "CHANGEOVER_HEALTH_ADDR"
+	EnvDrainTimeout = "CHANGEOVER_DRAIN_TIMEOUT"
+	EnvNotifySocket = "NOTIFY_SOCKET"
+)
+
+// Defaults of Options.
+const (
+	DefaultDrainTimeout    = 30 * time.Second
+	DefaultKeepAliveWindow = 5 * time.Second
+)
+
+// Options configures a Runner. The zero value is ready to use.
+type Options struct {
+	// Logger receives one line per event. Default: slog.Default().
+	Logger *slog.Logger
+	// DrainTimeout bounds the drain. The smaller of it and
+	// CHANGEOVER_DRAIN_TIMEOUT is used; default 30s.
+	DrainTimeout time.Duration
+	// KeepAliveWindow is how long a drain waits for keep-alive connections to
+	// carry one more request (and close after its response) before Shutdown
+	// closes those still idle. Default 5s, and never more than half the drain
+	// deadline.
+	KeepAliveWindow time.Duration
+	// Health answers the readiness probe. Default: 200 "ok".
+	Health http.Handler
+	// HealthAddr is where Health is served. Default: $CHANGEOVER_HEALTH_ADDR;
+	// when both are empty, Health is only called in-process before READY=1.
+	HealthAddr string
+}
+
+// Errors Run can return.
+var (
+	// ErrBadEnv is returned when a CHANGEOVER_* variable cannot be parsed.
+	ErrBadEnv = errors.New("runner: bad environment")
+	// ErrDrainTimeout is returned when connections had to be cut at the
+	// drain deadline.
+	ErrDrainTimeout = errors.New("runner: drain deadline passed")
+)
+
+// Runner serves listeners through a zero-loss handover. Create it with New,
+// bind with Listen, register servers with ServeHTTP or Add, then call Run
+// once.
+type Runner struct {
+	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]*listener
+	servers   []*httpServer
+	actors    []actor
+
+	ready    chan struct{}
+	draining chan struct{}
+}
+
+type actor struct {
+	execute   func() error
+	interrupt func(error)
+}
+
+// New returns a Runner. opts is copied; defaults are applied to the copy.
+func New(opts Options) *Runner {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Health == nil {
+		opts.Health = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	}
+	if opts.HealthAddr == "" {
+		opts.HealthAddr = os.Getenv(EnvHealthAddr)
+	}
+	return &Runner{
+		opts:      opts,
+		log:       opts.Logger,
+		listeners: map[net.Listener]*listener{},
+		ready:     make(chan struct{}),
+		draining:  make(chan struct{}),
+	}
+}
+
+// SignalContext returns a context that is cancelled on SIGTERM or SIGINT. It
+// is the one place where this package calls signal.Notify, for main to use:
+//
+//	ctx, stop := runner.SignalContext(context.Background())
+//	defer stop()
+func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(parent, syscall.SIGTERM, os.Interrupt)
+}
+
+// Ready is closed once READY=1 has been sent: every server is serving and
+// the health handler passes.
+func (r *Runner) Ready() <-chan struct{} { return r.ready }
+
+// Draining is closed when the drain starts.
+func (r *Runner) Draining() <-chan struct{} { return r.draining }
+
+// Listen binds a TCP address with SO_REUSEPORT (see package reuseport) and
+// keeps this instance dark on it: the group's new connections go to the
+// instance that was there first, until that one hands over. network is
+// "tcp", "tcp4" or "tcp6".
+func (r *Runner) Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	l, err := reuseport.Listen(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	tl := l.(*net.TCPListener)
+	ap, err := netip.ParseAddrPort(tl.Addr().String())
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("runner: parse listener address %s: %w", tl.Addr(), err)
+	}
+	ln := &listener{TCPListener: tl, addr: ap, steer: true}
+	if err := reuseport.Dark(tl); err != nil {
+		// Not fatal: the handover falls back to what the kernel offers.
+		ln.steer = false
+		r.log.Warn("cannot attach reuseport steering; handover relies on the kernel alone",
+			"addr", address, "err", err)
+	}
+	r.mu.Lock()
+	r.listeners[tl] = ln
+	r.mu.Unlock()
+	return tl, nil
+}
+
+// ServeHTTP registers srv to serve ln (from Listen) when Run runs. The same
+// server may be registered with several listeners. Run wraps srv.Handler
+// (to close connections while draining) and srv.ConnState (to count them);
+// both call what was there before.
+func (r *Runner) ServeHTTP(srv *http.Server, ln net.Listener) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.servers {
+		if s.srv == srv {
+			s.addListener(r.listeners[ln], ln)
+			return
+		}
+	}
+	s := &httpServer{srv: srv, log: r.log, conns: map[net.Conn]http.ConnState{}}
+	s.addListener(r.listeners[ln], ln)
+	r.servers = append(r.servers, s)
+}
+
+// Add registers another server as an actor, as in github.com/oklog/run:
+// execute runs until interrupt is called (for gRPC: Serve and
+// GracefulStop). interrupt is called when the drain starts.
+func (r *Runner) Add(execute func() error, interrupt func(error)) {
+	r.mu.Lock()
+	r.actors = append(r.actors, actor{execute, interrupt})
+	r.mu.Unlock()
+}
+
+// Run serves until ctx is done, then drains (see the package doc) and
+// returns nil, or the first error of a server, or ErrDrainTimeout (wrapped)
+// if connections had to be cut. Call it once.
+func (r *Runner) Run(ctx context.Context) error {
+	drainTimeout, err := r.drainTimeout()
+	if err != nil {
+		return err
+	}
+	window := r.opts.KeepAliveWindow
+	if window <= 0 {
+		window = DefaultKeepAliveWindow
+	}
+	window = min(window, drainTimeout/2)
+
+	r.logPath()
+
+	var g run.Group
+	stop := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		}
+		return nil
+	}, func(error) { close(stop) })
+
+	var health *http.Server
+	if r.opts.HealthAddr != "" {
+		hl, err := net.Listen("tcp", r.opts.HealthAddr)
+		if err != nil {
+			return fmt.Errorf("runner: listen on health address %s: %w", r.opts.HealthAddr, err)
+		}
+		health = &http.Server{Handler: r.opts.Health, ReadHeaderTimeout: 5 * time.Second}
+		g.Add(func() error {
+			if err := health.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("runner: serve health on %s: %w", r.opts.HealthAddr, err)
+			}
+			return nil
+		}, func(error) {})
+	}
+
+	var drainOnce sync.Once
+	var drainErr error
+	drainDone := make(chan struct{})
+	drain := func() {
+		drainOnce.Do(func() {
+			go func() {
+				defer close(drainDone)
+				drainErr = r.drain(drainTimeout, window)
+				if health != nil {
+					health.Close()
+				}
+			}()
+		})
+	}
+
+	r.mu.Lock()
+	servers, actors := r.servers, r.actors
+	r.mu.Unlock()
+	for _, s := range servers {
+		s.prepare()
+		g.Add(func() error {
+			err := s.serve()
+			<-drainDone
+			return err
+		}, func(error) { drain() })
+	}
+	for _, a := range actors {
+		g.Add(a.execute, a.interrupt)
+	}
+	if len(servers) == 0 {
+		// Nothing of ours to drain; still close health when stopping.
+		g.Add(func() error { <-drainDone; return nil }, func(error) { drain() })
+	}
+
+	readyCtx, cancelReady := context.WithCancel(ctx)
+	defer cancelReady()
+	go r.announce(readyCtx)
+
+	err = g.Run()
+	cancelReady()
+	<-drainDone
+	notify(daemon.SdNotifyStopping) // harmless if already sent
+	return errors.Join(err, drainErr)
+}
+
+// drainTimeout returns the drain budget from Options and the environment.
+func (r *Runner) drainTimeout() (time.Duration, error) {
+	d := r.opts.DrainTimeout
+	if v := os.Getenv(EnvDrainTimeout); v != "" {
+		env, err := time.ParseDuration(v)
+		if err != nil || env <= 0 {
+			return 0, fmt.Errorf("%w: %s=%q is not a positive duration", ErrBadEnv, EnvDrainTimeout, v)
+		}
+		if d <= 0 || env < d {
+			d = env
+		}
+	}
+	if d <= 0 {
+		d = DefaultDrainTimeout
+	}
+	return d, nil
+}
+
+// announce sends READY=1 once the health handler passes, and then watches
+// for the old instance to leave each address.
+func (r *Runner) announce(ctx context.Context) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := r.checkHealth(ctx)
+		if err == nil {
+			break
+		}
+		r.log.Debug("not ready yet", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	notify(daemon.SdNotifyReady)
+	close(r.ready)
+	r.log.Info("ready", "pid", os.Getpid(), "health_addr", r.opts.HealthAddr)
+
+	r.mu.Lock()
+	var lns []*listener
+	for _, l := range r.listeners {
+		lns = append(lns, l)
+	}
+	r.mu.Unlock()
+	for _, l := range lns {
+		if l.steer {
+			go l.darkWhenAlone(ctx, r.draining, r.log)
+		}
+	}
+}
+
+// checkHealth asks the health handler once: over HealthAddr if there is
+// one (which proves it is served), else in-process.
+func (r *Runner) checkHealth(ctx context.Context) error {
+	if r.opts.HealthAddr == "" {
+		rec := &statusRecorder{header: http.Header{}}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
+		r.opts.Health.ServeHTTP(rec, req)
+		if rec.status != 0 && (rec.status < 200 || rec.status > 299) {
+			return fmt.Errorf("health handler answered %d", rec.status)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.opts.HealthAddr+"/", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("health handler at %s answered %s", r.opts.HealthAddr, resp.Status)
+	}
+	return nil
+}
+
+// drain hands over every server's listeners and shuts the servers down.
+func (r *Runner) drain(timeout, window time.Duration) error {
+	close(r.draining)
+	notify(daemon.SdNotifyStopping)
+	margin := min(timeout/10, 500*time.Millisecond)
+	deadline := time.Now().Add(timeout - margin)
+	r.log.Info("draining", "pid", os.Getpid(), "deadline", timeout-margin)
+
+	r.mu.Lock()
+	servers := r.servers
+	r.mu.Unlock()
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		wg.Go(func() { errs[i] = s.drain(deadline, window) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (r *Runner) logPath() {
+	migrate, err := reuseport.MigrateReq()
+	steer := false
+	r.mu.Lock()
+	for _, l := range r.listeners {
+		steer = steer || l.steer
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		r.log.Info("handover path", "steering", steer, "tcp_migrate_req", "unknown", "err", err)
+	case !steer && !migrate:
+		r.log.Warn("handover path: neither reuseport steering nor tcp_migrate_req=1; connections queued on a closing listener may be reset",
+			"steering", steer, "tcp_migrate_req", migrate)
+	default:
+		r.log.Info("handover path", "steering", steer, "tcp_migrate_req", migrate)
+	}
+}
+
+// notify sends one sd_notify state, if NOTIFY_SOCKET is set. A failure is
+// not the server's problem: the supervisor will see no READY and act.
+func notify(state string) { daemon.SdNotify(false, state) }
+
+// statusRecorder is the least ResponseWriter that remembers the status.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header { return s.header }
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+}

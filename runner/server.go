@@ -1,0 +1,255 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+// pollInterval paces the drain's checks of queues and connections.
+const pollInterval = 5 * time.Millisecond
+
+// listener is a listener bound by Runner.Listen.
+type listener struct {
+	*net.TCPListener
+	addr  netip.AddrPort
+	steer bool // the group has our steering program
+}
+
+// served is one listener of an http.Server; l is nil for a listener that
+// did not come from Runner.Listen (it is simply closed at the drain).
+type served struct {
+	raw net.Listener
+	l   *listener
+}
+
+// httpServer drives one *http.Server through serving and draining.
+type httpServer struct {
+	srv *http.Server
+	log *slog.Logger
+	lns []served
+
+	draining atomic.Bool
+	serving  sync.WaitGroup // one per Serve call
+
+	mu    sync.Mutex
+	conns map[net.Conn]http.ConnState
+}
+
+func (s *httpServer) addListener(l *listener, raw net.Listener) {
+	s.lns = append(s.lns, served{raw: raw, l: l})
+}
+
+// prepare wraps the server's handler and ConnState hook.
+func (s *httpServer) prepare() {
+	h := s.srv.Handler
+	if h == nil {
+		h = http.DefaultServeMux
+	}
+	s.srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			// HTTP/1.1 closes the connection after this response; HTTP/2
+			// sends GOAWAY and closes once its streams are done.
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+	prev := s.srv.ConnState
+	s.srv.ConnState = func(c net.Conn, st http.ConnState) {
+		s.mu.Lock()
+		switch st {
+		case http.StateClosed, http.StateHijacked:
+			delete(s.conns, c)
+		default:
+			s.conns[c] = st
+		}
+		s.mu.Unlock()
+		if prev != nil {
+			prev(c, st)
+		}
+	}
+}
+
+// serve runs Serve on every listener. It returns the first error that is
+// not the drain closing a listener, or nil once every Serve has returned.
+func (s *httpServer) serve() error {
+	errc := make(chan error, len(s.lns))
+	for _, ln := range s.lns {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			err := s.srv.Serve(ln.raw)
+			if s.draining.Load() && (errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed)) {
+				err = nil
+			}
+			if err != nil {
+				err = fmt.Errorf("runner: serve %s: %w", ln.raw.Addr(), err)
+			}
+			errc <- err
+		}()
+	}
+	for range s.lns {
+		if err := <-errc; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// count returns the number of open connections and of active ones.
+func (s *httpServer) count() (open, active int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.conns {
+		if st == http.StateActive {
+			active++
+		}
+	}
+	return len(s.conns), active
+}
+
+// drain runs steps 1 to 5 of the package doc for this server.
+func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
+	start := time.Now()
+	s.draining.Store(true)
+
+	var wg sync.WaitGroup
+	for _, ln := range s.lns {
+		wg.Go(func() { s.handoff(ln, deadline) })
+	}
+	wg.Wait()
+	s.serving.Wait() // every accepted connection is now in s.conns
+
+	end := time.Now().Add(window)
+	if deadline.Before(end) {
+		end = deadline
+	}
+	for {
+		open, _ := s.count()
+		if open == 0 || !time.Now().Before(end) {
+			break
+		}
+		time.Sleep(pollInterval)
+	}
+	open, _ := s.count()
+
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err == nil {
+		s.log.Info("drained", "pid", os.Getpid(), "duration", time.Since(start), "closed_idle", open)
+		return nil
+	}
+	_, active := s.count()
+	s.srv.Close()
+	s.log.Warn("drain deadline passed: cut connections", "pid", os.Getpid(),
+		"duration", time.Since(start), "cut", active)
+	return fmt.Errorf("%w: cut %d active connections", ErrDrainTimeout, active)
+}
+
+// handoff makes sure no connection waiting on ln is lost, then closes it.
+func (s *httpServer) handoff(ln served, deadline time.Time) {
+	defer ln.raw.Close()
+	l := ln.l
+	if l == nil || !l.steer {
+		return // the kernel path: tcp_migrate_req=1 moves the queue, or nothing does
+	}
+	n, err := reuseport.GroupSize(l.addr)
+	if err != nil {
+		s.log.Warn("cannot see the reuseport group; closing at once", "addr", l.addr, "err", err)
+		return
+	}
+	if n < 2 {
+		return // alone: there is nobody to hand over to
+	}
+	// We joined first, so we are member 0 and the new instance member 1.
+	if err := reuseport.Steer(l, 1); err != nil {
+		s.log.Warn("cannot steer to the new instance; closing at once", "addr", l.addr, "err", err)
+		return
+	}
+	start := time.Now()
+	queued, halfOpen := waitQuiet(l, deadline)
+	if queued+halfOpen > 0 {
+		s.log.Warn("drain deadline passed before the listener was quiet", "addr", l.addr,
+			"queued", queued, "half_open", halfOpen)
+	}
+	s.log.Info("handed over", "addr", l.addr, "pid", os.Getpid(), "duration", time.Since(start))
+}
+
+// waitQuiet waits until l's accept queue is empty and none of the
+// connections that were half-open when it started is still in SYN_RECV,
+// twice in a row (a connection leaves SYN_RECV a moment before it enters
+// the accept queue), or until deadline. Serve keeps accepting meanwhile. It
+// returns what was still waiting.
+func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
+	before, err := reuseport.HalfOpen(l.addr)
+	if err != nil {
+		before = nil
+	}
+	quiet := 0
+	for quiet < 2 {
+		if !time.Now().Before(deadline) {
+			return queued, halfOpen
+		}
+		time.Sleep(pollInterval)
+		queued, _ = reuseport.AcceptQueueLen(l)
+		halfOpen = 0
+		if len(before) > 0 {
+			now, err := reuseport.HalfOpen(l.addr)
+			if err == nil {
+				for p := range before {
+					if now[p] {
+						halfOpen++
+					} else {
+						delete(before, p)
+					}
+				}
+			}
+		}
+		if queued == 0 && halfOpen == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+	}
+	return 0, 0
+}
+
+// darkWhenAlone waits until the old instance has left l's address, then
+// attaches "return 0" again: the "return 1" it left behind would otherwise
+// send everything to the next version the moment that one listens.
+// It stops when ctx is done or the drain starts.
+func (l *listener) darkWhenAlone(ctx context.Context, draining <-chan struct{}, log *slog.Logger) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := reuseport.GroupSize(l.addr)
+		if err != nil {
+			log.Warn("cannot watch the reuseport group", "addr", l.addr, "err", err)
+			return
+		}
+		if n <= 1 {
+			if err := reuseport.Dark(l); err != nil {
+				log.Warn("cannot reset reuseport steering", "addr", l.addr, "err", err)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-draining:
+			return
+		case <-tick.C:
+		}
+	}
+}
