@@ -242,7 +242,9 @@ func TestHalfOpen(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
 	rc, _ := l.SyscallConn()
 	var serr error
-	rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 5) })
+	rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 5)
+	})
 	if serr != nil {
 		t.Fatal(serr)
 	}

@@ -1,0 +1,552 @@
+//go:build linux
+
+package runner_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/reuseport"
+	"github.com/changeover-dev/changeover/runner"
+)
+
+// The test binary plays three roles, chosen by RUNNER_TEST_ROLE:
+//
+//	(none)   the tests
+//	server   a server built on runner (one generation)
+//	netns    the load scenario, run inside a new network namespace
+func TestMain(m *testing.M) {
+	switch os.Getenv("RUNNER_TEST_ROLE") {
+	case "server":
+		os.Exit(serverMain())
+	case "netns":
+		os.Exit(netnsMain())
+	}
+	os.Exit(m.Run())
+}
+
+// serverMain serves "gen=N" on $TEST_ADDR, HTTP/1.1 and h2c, through runner.
+func serverMain() int {
+	ctx, stop := runner.SignalContext(context.Background())
+	defer stop()
+	gen := os.Getenv("CHANGEOVER_GENERATION")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		if d, _ := time.ParseDuration(req.URL.Query().Get("sleep")); d > 0 {
+			time.Sleep(d)
+		}
+		fmt.Fprintf(w, "gen=%s", gen)
+	})
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: &protos}
+	if os.Getenv("TEST_NAIVE") == "1" {
+		return naiveServe(ctx, srv)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("gen", gen)
+	r := runner.New(runner.Options{Logger: log})
+	ln, err := r.Listen(ctx, "tcp", os.Getenv("TEST_ADDR"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	r.ServeHTTP(srv, ln)
+	if err := r.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// naiveServe is the design without the handover, to show that the scenario
+// sees losses when there are some: SO_REUSEPORT, READY=1 at once, and
+// Shutdown as soon as SIGTERM arrives.
+func naiveServe(ctx context.Context, srv *http.Server) int {
+	ln, err := reuseport.Listen(ctx, "tcp", os.Getenv("TEST_ADDR"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() {
+		<-ctx.Done()
+		srv.Shutdown(context.Background())
+	}()
+	c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
+	if err == nil {
+		c.Write([]byte("READY=1"))
+		c.Close()
+	}
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return 1
+	}
+	return 0
+}
+
+// scenario is one load test: generations of serverMain on one address,
+// restarted under load from every client mode at once.
+type scenario struct {
+	Restarts int
+	Clients  int // per mode
+	Addr     string
+	Naive    bool  // serve without runner (naiveServe)
+	Progress int64 // answers per mode between restarts
+}
+
+// modeResult is what the clients of one mode saw.
+type modeResult struct {
+	Requests int64
+	Failures int64
+	Kinds    map[string]int64
+	Gens     map[string]int64 // answers per generation
+	Examples []string
+}
+
+type result struct {
+	Migrate bool
+	Modes   map[string]*modeResult
+	Err     string
+}
+
+var modes = []string{"newconn-get", "keepalive-get", "keepalive-post", "h2c"}
+
+func client(mode string) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true}
+	switch mode {
+	case "newconn-get":
+		tr.DisableKeepAlives = true
+	case "h2c":
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func classify(err error) string {
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return "other"
+}
+
+// run starts generation 1, then restarts it s.Restarts times while the
+// clients send requests; each restart waits for the new generation's
+// READY=1, SIGTERMs the old one and waits for it to exit, then waits until
+// every mode has had answers since.
+func (s scenario) run(ctx context.Context) (res result) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	migrate, _ := reuseport.MigrateReq()
+	res = result{Migrate: migrate, Modes: map[string]*modeResult{}}
+	dir, err := os.MkdirTemp("", "handover")
+	if err != nil {
+		res.Err = err.Error()
+		return res
+	}
+	defer os.RemoveAll(dir)
+
+	var procs []*proc
+	defer func() {
+		for _, p := range procs {
+			p.kill()
+		}
+		if res.Err != "" {
+			for _, p := range procs {
+				res.Err += "\n--- gen " + strconv.Itoa(p.gen) + " stderr:\n" + p.stderr.String()
+			}
+		}
+	}()
+	start := func(gen int) (*proc, error) {
+		p, err := startServer(ctx, dir, s.Addr, gen, s.Naive)
+		if p != nil {
+			procs = append(procs, p)
+		}
+		return p, err
+	}
+	cur, err := start(1)
+	if err != nil {
+		res.Err = err.Error()
+		return res
+	}
+
+	var mu sync.Mutex
+	progress := map[string]*atomic.Int64{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, mode := range modes {
+		mr := &modeResult{Kinds: map[string]int64{}, Gens: map[string]int64{}}
+		res.Modes[mode] = mr
+		progress[mode] = new(atomic.Int64)
+		for i := range s.Clients {
+			c := client(mode)
+			wg.Go(func() {
+				defer c.CloseIdleConnections()
+				for n := 0; n < 200000; n++ {
+					select {
+					case <-stop:
+						return
+					case <-ctx.Done():
+						return
+					default:
+					}
+					gen, err := doRequest(ctx, c, mode, s.Addr, i, n)
+					mu.Lock()
+					mr.Requests++
+					if err != nil {
+						mr.Failures++
+						mr.Kinds[classify(err)]++
+						if len(mr.Examples) < 5 {
+							mr.Examples = append(mr.Examples, err.Error())
+						}
+					} else {
+						mr.Gens[gen]++
+					}
+					mu.Unlock()
+					if err == nil {
+						progress[mode].Add(1)
+					}
+				}
+			})
+		}
+	}
+	waitProgress := func() error {
+		marks := map[string]int64{}
+		for m, p := range progress {
+			marks[m] = p.Load()
+		}
+		for _, m := range modes {
+			for progress[m].Load() < marks[m]+s.Progress {
+				if ctx.Err() != nil {
+					return fmt.Errorf("mode %s made no progress: %w", m, ctx.Err())
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		return nil
+	}
+
+	for gen := 2; gen <= s.Restarts+1 && res.Err == ""; gen++ {
+		if err := waitProgress(); err != nil {
+			res.Err = err.Error()
+			break
+		}
+		next, err := start(gen)
+		if err != nil {
+			res.Err = err.Error()
+			break
+		}
+		cur.cmd.Process.Signal(syscall.SIGTERM)
+		if err := cur.wait(ctx); err != nil {
+			res.Err = fmt.Sprintf("gen %d: %v", cur.gen, err)
+			break
+		}
+		cur = next
+	}
+	if res.Err == "" {
+		if err := waitProgress(); err != nil {
+			res.Err = err.Error()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	return res
+}
+
+func doRequest(ctx context.Context, c *http.Client, mode, addr string, client, n int) (string, error) {
+	url := "http://" + addr + "/"
+	method, body := http.MethodGet, io.Reader(nil)
+	switch {
+	case mode == "keepalive-post":
+		method, body = http.MethodPost, strings.NewReader(strings.Repeat("x", 512))
+	case mode == "h2c" && client == 0 && n%4 == 0:
+		url += "?sleep=50ms" // streams in flight across the GOAWAY
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	if mode == "h2c" && resp.ProtoMajor != 2 {
+		return "", fmt.Errorf("h2c request answered over %s", resp.Proto)
+	}
+	return strings.TrimPrefix(string(b), "gen="), nil
+}
+
+// proc is one server generation.
+type proc struct {
+	gen    int
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startServer starts one generation and waits for its READY=1.
+func startServer(ctx context.Context, dir, addr string, gen int, naive bool) (*proc, error) {
+	sock := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", gen))
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	p := &proc{gen: gen, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(os.Args[0])
+	p.cmd.Env = append(os.Environ(), "RUNNER_TEST_ROLE=server", "TEST_ADDR="+addr,
+		"NOTIFY_SOCKET="+sock, "CHANGEOVER_GENERATION="+strconv.Itoa(gen), "CHANGEOVER_DRAIN_TIMEOUT=20s")
+	if naive {
+		p.cmd.Env = append(p.cmd.Env, "TEST_NAIVE=1")
+	}
+	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := nc.Read(buf)
+			if err != nil {
+				got <- err
+				return
+			}
+			if bytes.Contains(buf[:n], []byte("READY=1")) {
+				got <- nil
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			return p, fmt.Errorf("gen %d: read notify socket: %w", gen, err)
+		}
+		return p, nil
+	case err := <-p.done:
+		p.done <- err
+		return p, fmt.Errorf("gen %d exited before READY=1: %v", gen, err)
+	case <-time.After(20 * time.Second):
+		return p, fmt.Errorf("gen %d: no READY=1 in 20s", gen)
+	case <-ctx.Done():
+		return p, ctx.Err()
+	}
+}
+
+func (p *proc) wait(ctx context.Context) error {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			return fmt.Errorf("exited with %v", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *proc) kill() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// netnsMain runs inside a new network namespace: it brings up lo, sets
+// tcp_migrate_req as asked, runs the scenario and prints the result.
+func netnsMain() int {
+	if err := loUp(); err != nil {
+		fmt.Fprintln(os.Stderr, "bring up lo:", err)
+		return 1
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte(os.Getenv("TEST_MIGRATE")), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var s scenario
+	if err := json.Unmarshal([]byte(os.Getenv("TEST_SCENARIO")), &s); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	res := s.run(context.Background())
+	json.NewEncoder(os.Stdout).Encode(res)
+	return 0
+}
+
+func loUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// runInNetns runs the scenario in a fresh network namespace with
+// tcp_migrate_req set to migrate.
+func runInNetns(t *testing.T, s scenario, migrate int) result {
+	sj, _ := json.Marshal(s)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "RUNNER_TEST_ROLE=netns", "TEST_SCENARIO="+string(sj),
+		"TEST_MIGRATE="+strconv.Itoa(migrate))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Setpgid: true}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the scenario in a new network namespace: %v", err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("scenario in netns: %v\n%s", err, stderr.String())
+	}
+	var res result
+	sc := bufio.NewScanner(&stdout)
+	sc.Buffer(nil, 1<<24)
+	for sc.Scan() {
+		if json.Unmarshal(sc.Bytes(), &res) == nil && res.Modes != nil {
+			return res
+		}
+	}
+	t.Fatalf("no result from the scenario: %s\n%s", stdout.String(), stderr.String())
+	return res
+}
+
+// TestNaiveHandoverLoses shows that the scenario can fail: without the
+// handover, restarts under load lose requests (tcp_migrate_req=0).
+func TestNaiveHandoverLoses(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: needs a network namespace with tcp_migrate_req=0")
+	}
+	res := runInNetns(t, scenario{Restarts: 20, Clients: 2, Progress: 50, Addr: "127.0.0.1:8080", Naive: true}, 0)
+	if res.Err != "" {
+		t.Fatal(res.Err)
+	}
+	var failed int64
+	for _, mode := range modes {
+		mr := res.Modes[mode]
+		t.Logf("%-15s requests=%d failures=%d kinds=%v", mode, mr.Requests, mr.Failures, mr.Kinds)
+		failed += mr.Failures
+	}
+	if failed == 0 {
+		t.Fatal("the naive handover lost no request in 20 restarts: the scenario cannot see losses")
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestHandoverZeroLoss is the product's promise: restarts under load, in
+// every client mode at once, cost no request, with tcp_migrate_req 0 and 1.
+func TestHandoverZeroLoss(t *testing.T) {
+	s := scenario{Restarts: 20, Clients: 2, Progress: 50}
+	if testing.Short() {
+		s.Restarts = 5
+	}
+	for _, migrate := range []int{0, 1} {
+		t.Run(fmt.Sprintf("tcp_migrate_req=%d", migrate), func(t *testing.T) {
+			var res result
+			if os.Geteuid() == 0 {
+				s.Addr = "127.0.0.1:8080" // a namespace of our own: any port is free
+				res = runInNetns(t, s, migrate)
+			} else {
+				current, err := reuseport.MigrateReq()
+				if err != nil || current != (migrate == 1) {
+					t.Skipf("not root, so no network namespace of our own; this namespace has tcp_migrate_req=%v", current)
+				}
+				s.Addr = freeAddr(t)
+				res = s.run(context.Background())
+			}
+			if res.Err != "" {
+				t.Fatal(res.Err)
+			}
+			if res.Migrate != (migrate == 1) {
+				t.Fatalf("scenario ran with tcp_migrate_req=%v, want %d", res.Migrate, migrate)
+			}
+			for _, mode := range modes {
+				mr := res.Modes[mode]
+				t.Logf("%-15s requests=%d failures=%d kinds=%v generations=%d", mode, mr.Requests, mr.Failures, mr.Kinds, len(mr.Gens))
+				if mr.Failures != 0 {
+					t.Errorf("%s: %d of %d requests failed: %v, e.g. %q", mode, mr.Failures, mr.Requests, mr.Kinds, mr.Examples)
+				}
+				// Each generation served every mode: the load really crossed each restart.
+				if len(mr.Gens) != s.Restarts+1 {
+					t.Errorf("%s: answers came from %d generations, want %d: %v", mode, len(mr.Gens), s.Restarts+1, mr.Gens)
+				}
+			}
+		})
+	}
+}
