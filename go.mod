@@ -11,4 +11,5 @@ require (
 	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
 	github.com/oklog/run v1.2.0 // indirect
 	github.com/stretchr/testify v1.8.0 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
 )

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/changeover-dev/changeover/reuseport"
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 	case "netns":
 		os.Exit(netnsMain())
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // serverMain serves "gen=N" on $TEST_ADDR, HTTP/1.1 and h2c, through runner.

@@ -1,9 +1,11 @@
 package runner
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -57,12 +59,9 @@ func (s *httpServer) prepare() {
 		h = http.DefaultServeMux
 	}
 	s.srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.draining.Load() {
-			// HTTP/1.1 closes the connection after this response; HTTP/2
-			// sends GOAWAY and closes once its streams are done.
-			w.Header().Set("Connection", "close")
-		}
-		h.ServeHTTP(w, r)
+		dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
+		h.ServeHTTP(dw, r)
+		dw.mark() // a handler that wrote nothing: net/http writes the header now
 	})
 	prev := s.srv.ConnState
 	s.srv.ConnState = func(c net.Conn, st http.ConnState) {
@@ -79,6 +78,61 @@ func (s *httpServer) prepare() {
 		}
 	}
 }
+
+// drainWriter adds "Connection: close" to a response whose header is
+// written while the server drains, so that requests that were already in
+// flight when the drain started close their connection too. HTTP/1.1 closes
+// the connection after such a response; HTTP/2 sends GOAWAY and closes once
+// its streams are done. It keeps Flush, Hijack and ReadFrom, and Unwrap for
+// http.ResponseController.
+type drainWriter struct {
+	http.ResponseWriter
+	draining *atomic.Bool
+	wrote    bool
+}
+
+func (w *drainWriter) mark() {
+	if !w.wrote {
+		w.wrote = true
+		if w.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+}
+
+func (w *drainWriter) WriteHeader(code int) {
+	if code >= 200 { // 1xx are informational: the real header comes later
+		w.mark()
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *drainWriter) Write(b []byte) (int, error) {
+	w.mark()
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *drainWriter) ReadFrom(r io.Reader) (int64, error) {
+	w.mark()
+	return io.Copy(w.ResponseWriter, r) // keeps net/http's sendfile path
+}
+
+func (w *drainWriter) Flush() {
+	w.mark()
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *drainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, fmt.Errorf("runner: %T cannot be hijacked", w.ResponseWriter)
+	}
+	return hj.Hijack()
+}
+
+func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // serve runs Serve on every listener. It returns the first error that is
 // not the drain closing a listener, or nil once every Serve has returned.
