@@ -12,6 +12,9 @@
 // Usage:
 //
 //	demo [-addr 127.0.0.1:8080] [-version v1]
+//
+// Without -version, the version is $DEMO_VERSION, else v1: a release
+// directory's env file (changeover run --env-file) can set it.
 package main
 
 import (
@@ -49,7 +52,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "address to serve (shared with the next version)")
-	version := fs.String("version", "v1", "version to report in every answer")
+	defVersion := "v1"
+	if v := os.Getenv("DEMO_VERSION"); v != "" {
+		defVersion = v
+	}
+	version := fs.String("version", defVersion, "version to report in every answer (default $DEMO_VERSION, else v1)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
