@@ -88,5 +88,3 @@ func TestServe(t *testing.T) {
 		check(resp, tc.code, tc.body)
 	}
 }
-
-
