@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+const usageText = `usage:
+  changeover run [flags] -- COMMAND [ARGS...]    supervise COMMAND, reload with zero downtime
+  changeover reload [--name NAME | --control PATH]   reload and wait for the outcome
+  changeover status [--json] [--name NAME | --control PATH]
+  changeover stop [--name NAME | --control PATH]
+  changeover swap --pidfile F [flags] -- COMMAND [ARGS...]   one-shot handover without a supervisor
+
+Run "changeover COMMAND -h" for the flags of a command.
+Exit codes: 0 ok, 1 error, 2 usage, 3 new instance exited before ready,
+4 not ready in time, 5 --check refused, 6 crash loop (run).
+`
+
+// run is the whole program; args exclude the program name.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, "changeover: no command given\n"+usageText)
+		return &usageError{"no command given"}
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stderr, usageText)
+		return flag.ErrHelp
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "reload", "status", "stop":
+		return cmdClient(ctx, args[0], args[1:], stdout, stderr)
+	case "swap":
+		return cmdSwap(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "changeover: unknown command %q\n%s", args[0], usageText)
+	return &usageError{fmt.Sprintf("unknown command %q", args[0])}
+}
+
+// newFlagSet returns a flag set that reports to stderr.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: changeover %s %s\n\nflags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses args; errors become usageError (the flag package has
+// printed the bad value and the usage), -h becomes flag.ErrHelp.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return &usageError{err.Error()}
+	}
+	return nil
+}
+
+// usagef prints a usage error and the usage.
+func usagef(fs *flag.FlagSet, format string, a ...any) error {
+	msg := fmt.Sprintf(format, a...)
+	fmt.Fprintf(fs.Output(), "changeover %s: %s\n", fs.Name(), msg)
+	fs.Usage()
+	return &usageError{msg}
+}
+
+// command returns the COMMAND [ARGS...] after "--" (or after the flags).
+func command(fs *flag.FlagSet) ([]string, error) {
+	rest := fs.Args()
+	if len(rest) > 0 && rest[0] == "--" {
+		rest = rest[1:]
+	}
+	if len(rest) == 0 {
+		return nil, usagef(fs, "nothing after --: a COMMAND to run is required")
+	}
+	return rest, nil
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ", ") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// durationFlag is a positive duration.
+func durationFlag(fs *flag.FlagSet, name string, def time.Duration, help string) *time.Duration {
+	d := new(time.Duration)
+	*d = def
+	fs.Func(name, fmt.Sprintf("%s (default %v)", help, def), func(s string) error {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("not a duration like 30s or 1m: %q", s)
+		}
+		if v <= 0 {
+			return fmt.Errorf("must be positive: %q", s)
+		}
+		*d = v
+		return nil
+	})
+	return d
+}
+
+// newLogger returns a slog logger in the given format.
+func newLogger(format string, w io.Writer) (*slog.Logger, error) {
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, nil)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, nil)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

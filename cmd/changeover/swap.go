@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/changeover-dev/changeover/internal/supervisor"
+)
+
+// cmdSwap implements "swap": a one-shot handover without a resident
+// supervisor. The pidfile holds "PID STARTTIME GENERATION HEALTH_ADDR"
+// (STARTTIME in clock ticks from /proc/PID/stat), so that a reused PID is
+// never signalled.
+func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("swap", "--pidfile F [flags] -- COMMAND [ARGS...]", stderr)
+	pidfile := fs.String("pidfile", "", "file holding the serving instance (required)")
+	logFile := fs.String("log", "", "append the new instance's stdout and stderr here (default: the pidfile with .log for .pid)")
+	dir := fs.String("dir", "", "working directory of the new instance")
+	envFile := fs.String("env-file", "", "KEY=VALUE file added to the new instance's environment")
+	var health, checks listFlag
+	fs.Var(&health, "health", "readiness probe, repeatable: http://..., tcp:ADDR or exec:CMD; {health_addr} is the instance's own health address")
+	fs.Var(&checks, "check", "command run (sh -c) before starting; non-zero refuses the deploy (repeatable)")
+	notify := fs.Bool("notify", true, "wait for READY=1 on the instance's NOTIFY_SOCKET")
+	readyTimeout := durationFlag(fs, "ready-timeout", 30*time.Second, "how long the new instance may take to become ready")
+	drainTimeout := durationFlag(fs, "drain-timeout", 30*time.Second, "how long the old instance may drain before SIGKILL")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *pidfile == "" {
+		return usagef(fs, "--pidfile is required")
+	}
+	argv, err := command(fs)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(*logFormat, stderr)
+	if err != nil {
+		return usagef(fs, "%v", err)
+	}
+	for _, p := range health {
+		if !validProbeSpec(p) {
+			return usagef(fs, "--health %q: want http://..., https://..., tcp:ADDR or exec:CMD", p)
+		}
+	}
+	res, err := supervisor.Swap(ctx, supervisor.SwapConfig{
+		Pidfile: *pidfile, LogFile: *logFile,
+		Launch: supervisor.Launch{
+			Command: argv[0], Args: argv[1:], Dir: *dir, EnvFile: *envFile, Checks: checks,
+			DrainTimeout: *drainTimeout,
+		},
+		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	if res.OldPID == 0 {
+		fmt.Fprintf(stdout, "generation %d pid %d started (first deploy)\n", res.Generation, res.PID)
+	} else {
+		fmt.Fprintf(stdout, "generation %d pid %d took over from pid %d\n", res.Generation, res.PID, res.OldPID)
+	}
+	return nil
+}

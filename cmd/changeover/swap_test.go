@@ -1,0 +1,139 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/proc"
+)
+
+func readPidfile(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+func TestSwap(t *testing.T) {
+	e := newEnv(t)
+	pidfile := filepath.Join(e.dir, "app.pid")
+	swap := func(flags ...string) (int, string) {
+		args := append([]string{"swap", "--pidfile", pidfile, "--env-file", e.envFile, "--ready-timeout", "3s", "--drain-timeout", "5s"}, flags...)
+		code, _, stderr := cli(append(args, "--", e.exe)...)
+		return code, stderr
+	}
+
+	// First deploy.
+	if code, stderr := swap(); code != 0 {
+		t.Fatalf("first swap: exit %d: %s", code, stderr)
+	}
+	f := readPidfile(t, pidfile)
+	if len(f) != 4 || f[2] != "1" {
+		t.Fatalf("pidfile after first deploy: %q", f)
+	}
+	pid1, _ := strconv.Atoi(f[0])
+	if got := get(e.addr); !strings.HasPrefix(got, "version=1 pid="+f[0]) {
+		t.Fatalf("served %q, want version 1 from pid %s", got, f[0])
+	}
+	if sid, _ := unix.Getsid(pid1); sid != pid1 {
+		t.Errorf("instance session %d, want its own (%d)", sid, pid1)
+	}
+
+	// Second deploy: the old one is retired.
+	e.setEnv("2")
+	if code, stderr := swap(); code != 0 {
+		t.Fatalf("second swap: exit %d: %s", code, stderr)
+	}
+	f = readPidfile(t, pidfile)
+	if f[2] != "2" || f[0] == strconv.Itoa(pid1) {
+		t.Fatalf("pidfile after second deploy: %q", f)
+	}
+	if proc.Alive(pid1, 0) {
+		t.Errorf("old instance %d still alive", pid1)
+	}
+	if got := get(e.addr); !strings.HasPrefix(got, "version=2 pid="+f[0]) {
+		t.Fatalf("served %q, want version 2 from pid %s", got, f[0])
+	}
+
+	// Failed deploy: exit 3, pidfile and old instance untouched.
+	before, _ := os.ReadFile(pidfile)
+	e.setEnv("3", envMode+"=exit")
+	code, stderr := swap()
+	if code != 3 || !strings.Contains(stderr, "exiting at start") {
+		t.Errorf("failed swap: exit %d, want 3 with the instance's output: %s", code, stderr)
+	}
+	if after, _ := os.ReadFile(pidfile); string(after) != string(before) {
+		t.Errorf("pidfile changed by a failed swap: %q -> %q", before, after)
+	}
+	if got := get(e.addr); !strings.HasPrefix(got, "version=2 ") {
+		t.Errorf("after failed swap served %q", got)
+	}
+	// Not ready in time: exit 4.
+	e.setEnv("3", envMode+"=never-ready")
+	if code, stderr := swap("--ready-timeout", "500ms", "--notify=false", "--health", "http://{health_addr}/"); code != 4 {
+		t.Errorf("never-ready swap: exit %d, want 4: %s", code, stderr)
+	}
+	if alive := e.aliveHelpers(); len(alive) != 1 {
+		t.Errorf("helpers alive %v, want only generation 2", alive)
+	}
+
+	// Garbage pidfile: exit 2, nothing touched.
+	if err := os.WriteFile(pidfile, []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := len(e.helperPIDs())
+	if code, stderr := swap(); code != 2 || !strings.Contains(stderr, "garbage") {
+		t.Errorf("garbage pidfile: exit %d, want 2: %s", code, stderr)
+	}
+	if len(e.helperPIDs()) != n {
+		t.Errorf("an instance was started despite a garbage pidfile")
+	}
+	if err := os.WriteFile(pidfile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := swap(); code != 2 {
+		t.Errorf("empty pidfile: exit %d, want 2", code)
+	}
+}
+
+func TestSwapReusedPID(t *testing.T) {
+	e := newEnv(t)
+	pidfile := filepath.Join(e.dir, "app.pid")
+	// A live process whose PID is in the pidfile with another start time:
+	// a reused PID that must never be signalled.
+	bystander := exec.Command("sleep", "60")
+	bystander.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := bystander.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { _ = bystander.Wait(); close(waited) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-bystander.Process.Pid, syscall.SIGKILL)
+		<-waited
+	})
+	stale := strconv.Itoa(bystander.Process.Pid) + " 12345 4 127.0.0.1:1\n"
+	if err := os.WriteFile(pidfile, []byte(stale), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := cli("swap", "--pidfile", pidfile, "--env-file", e.envFile, "--drain-timeout", "1s", "--", e.exe)
+	if code != 0 || !strings.Contains(stderr, "reused PID") {
+		t.Fatalf("swap over a reused PID: exit %d: %s", code, stderr)
+	}
+	select {
+	case <-waited:
+		t.Fatal("the process with the reused PID was signalled")
+	default:
+	}
+	if f := readPidfile(t, pidfile); f[0] == strconv.Itoa(bystander.Process.Pid) || f[2] != "5" {
+		t.Errorf("pidfile %q", f)
+	}
+}

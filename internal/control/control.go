@@ -1,0 +1,223 @@
+// Package control is the supervisor's control socket: a unix stream socket
+// (0600, in a directory only the owner can write) speaking one JSON request
+// and one JSON response per connection. Only peers with the supervisor's
+// UID, or root, may ask for anything but status (SO_PEERCRED).
+package control
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Request is what a client asks.
+type Request struct {
+	Op string `json:"op"` // "reload", "status", "stop"
+}
+
+// Response is the answer. Code is the exit code the client should use.
+type Response struct {
+	Code  int             `json:"code"`
+	Error string          `json:"error,omitempty"`
+	Body  json.RawMessage `json:"body,omitempty"`
+}
+
+// Peer is the credentials of a client.
+type Peer struct{ PID, UID, GID int }
+
+// Handler answers requests.
+type Handler func(ctx context.Context, peer Peer, req Request) Response
+
+// ErrInUse means a live supervisor holds the socket.
+var ErrInUse = errors.New("control socket in use by a running supervisor")
+
+// ErrNoSupervisor means no running supervisor could be found.
+var ErrNoSupervisor = errors.New("no running supervisor found")
+
+// DefaultDir is $XDG_RUNTIME_DIR/changeover, else /run/changeover.
+func DefaultDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "changeover")
+	}
+	return "/run/changeover"
+}
+
+// DefaultPath is DefaultDir()/NAME.sock.
+func DefaultPath(name string) string { return filepath.Join(DefaultDir(), name+".sock") }
+
+// Server is a listening control socket.
+type Server struct {
+	path string
+	ln   *net.UnixListener
+	wg   sync.WaitGroup
+}
+
+// Listen creates the socket at path. The directory is created 0700 if
+// missing and must not be writable by others. A socket left by a dead
+// supervisor is replaced; one that answers is ErrInUse.
+func Listen(path string) (*Server, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control socket directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("control socket directory %s: %w", dir, err)
+	}
+	if st, ok := fi.Sys().(*unix.Stat_t); ok && fi.Mode().Perm()&0o022 != 0 && st.Uid == uint32(os.Getuid()) {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("control socket directory %s is writable by others: %w", dir, err)
+		}
+	} else if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return nil, fmt.Errorf("control socket directory %s is writable by others (mode %v)", dir, fi.Mode().Perm())
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale control socket %s: %w", path, err)
+		}
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod control socket %s: %w", path, err)
+	}
+	return &Server{path: path, ln: ln}, nil
+}
+
+// Path is the socket path.
+func (s *Server) Path() string { return s.path }
+
+// Serve answers connections until Close. Each request runs with ctx.
+func (s *Server) Serve(ctx context.Context, h Handler) error {
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept on %s: %w", s.path, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			serveConn(ctx, c, h)
+		}()
+	}
+}
+
+func serveConn(ctx context.Context, c *net.UnixConn, h Handler) {
+	peer, err := peerCred(c)
+	if err != nil {
+		_ = json.NewEncoder(c).Encode(Response{Code: 1, Error: err.Error()})
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var req Request
+	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
+		_ = json.NewEncoder(c).Encode(Response{Code: 2, Error: "bad request: " + err.Error()})
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if req.Op != "status" && peer.UID != 0 && peer.UID != os.Getuid() {
+		_ = json.NewEncoder(c).Encode(Response{Code: 1,
+			Error: fmt.Sprintf("permission denied: uid %d may not %s a supervisor of uid %d", peer.UID, req.Op, os.Getuid())})
+		return
+	}
+	// A client that goes away cancels nothing: a reload it asked for runs on.
+	resp := h(ctx, peer, req)
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = json.NewEncoder(c).Encode(resp)
+}
+
+func peerCred(c *net.UnixConn) (Peer, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", err)
+	}
+	if cerr != nil {
+		return Peer{}, fmt.Errorf("peer credentials: %w", cerr)
+	}
+	return Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}, nil
+}
+
+// Close stops listening, removes the socket and waits for open requests.
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	s.wg.Wait()
+	return err
+}
+
+// Call sends req to the supervisor at path and returns its response.
+func Call(ctx context.Context, path string, req Request) (Response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return Response{}, fmt.Errorf("connect to control socket %s: %w", path, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return Response{}, fmt.Errorf("send %s to %s: %w", req.Op, path, err)
+	}
+	var resp Response
+	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		return Response{}, fmt.Errorf("read answer to %s from %s: %w", req.Op, path, err)
+	}
+	return resp, nil
+}
+
+// FindOnly returns the socket of the only running supervisor in dir.
+func FindOnly(dir string) (string, error) {
+	matches, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+	var live []string
+	for _, m := range matches {
+		c, err := net.DialTimeout("unix", m, time.Second)
+		if err == nil {
+			c.Close()
+			live = append(live, m)
+		}
+	}
+	sort.Strings(live)
+	switch len(live) {
+	case 0:
+		return "", fmt.Errorf("%w in %s (use --control or --name)", ErrNoSupervisor, dir)
+	case 1:
+		return live[0], nil
+	}
+	names := make([]string, len(live))
+	for i, l := range live {
+		names[i] = strings.TrimSuffix(filepath.Base(l), ".sock")
+	}
+	return "", fmt.Errorf("%d supervisors running in %s (%s): choose one with --name or --control", len(live), dir, strings.Join(names, ", "))
+}

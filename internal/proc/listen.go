@@ -1,0 +1,86 @@
+package proc
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+// Listener is one TCP LISTEN socket (mirrors reuseport.Socket).
+type Listener struct {
+	Addr  netip.AddrPort
+	Inode uint64
+}
+
+// ErrUnavailable means the listening sockets cannot be read on this system.
+var ErrUnavailable = errors.New("listening sockets unavailable")
+
+// listeningSockets lists every TCP LISTEN socket of the network namespace.
+var listeningSockets = func() ([]Listener, error) {
+	socks, err := reuseport.ListeningSockets()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Listener, len(socks))
+	for i, s := range socks {
+		out[i] = Listener{Addr: s.Addr, Inode: s.Inode}
+	}
+	return out, nil
+}
+
+// GroupListenAddrs returns the TCP addresses that the processes of process
+// group pgid listen on, sorted and de-duplicated.
+func GroupListenAddrs(pgid int) ([]netip.AddrPort, error) {
+	if listeningSockets == nil {
+		return nil, ErrUnavailable
+	}
+	all, err := listeningSockets()
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	inodes := map[uint64]bool{}
+	for _, pid := range GroupMembers(pgid) {
+		for ino := range SocketInodes(pid) {
+			inodes[ino] = true
+		}
+	}
+	var out []netip.AddrPort
+	for _, s := range all {
+		if inodes[s.Inode] && !slices.Contains(out, s.Addr) {
+			out = append(out, s.Addr)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	return out, nil
+}
+
+// Covers reports whether a listener on have accepts the connections that
+// a listener on want accepts: same port, and the same address or a
+// wildcard of the same family.
+func Covers(have, want netip.AddrPort) bool {
+	if have.Port() != want.Port() {
+		return false
+	}
+	h, w := have.Addr().Unmap(), want.Addr().Unmap()
+	if h == w {
+		return true
+	}
+	if h.IsUnspecified() {
+		return h.Is4() == w.Is4() || have.Addr().Is6() // [::] usually accepts v4 too
+	}
+	return false
+}
+
+// Missing returns the addresses of want that nothing in have covers.
+func Missing(have, want []netip.AddrPort) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, w := range want {
+		if !slices.ContainsFunc(have, func(h netip.AddrPort) bool { return Covers(h, w) }) {
+			out = append(out, w)
+		}
+	}
+	return out
+}

@@ -1,0 +1,24 @@
+package supervisor
+
+import "errors"
+
+// Sentinel errors; the command maps them to exit codes.
+var (
+	// ErrExited: the new instance exited before it was ready (exit code 3).
+	ErrExited = errors.New("new instance exited before it was ready")
+	// ErrNotReady: the new instance was not ready in time (exit code 4).
+	ErrNotReady = errors.New("new instance not ready in time")
+	// ErrCheckFailed: --check refused the reload (exit code 5).
+	ErrCheckFailed = errors.New("check refused the new generation")
+	// ErrStart: the command could not be started at all (exit code 1).
+	ErrStart = errors.New("cannot start command")
+	// ErrCrashLoop: the serving instance crashed too often.
+	ErrCrashLoop = errors.New("instance crashed too often")
+	// ErrProbeSharedPort: a probe targets a port the old instance serves.
+	ErrProbeSharedPort = errors.New("probe targets a shared port")
+	// ErrStopping: the supervisor is stopping; no reload.
+	ErrStopping = errors.New("supervisor is stopping")
+)
+
+// ErrUsage: a bad value in the swap pidfile or configuration (exit code 2).
+var ErrUsage = errors.New("usage")

@@ -1,0 +1,513 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/healthcheck"
+	"github.com/changeover-dev/changeover/internal/proc"
+	"github.com/changeover-dev/changeover/internal/reaper"
+)
+
+// Instance states.
+const (
+	StateStarting = "starting"
+	StateServing  = "serving"
+	StateDraining = "draining"
+	StateFailed   = "failed"
+	StateExited   = "exited"
+)
+
+// Instance is one generation of the command.
+type Instance struct {
+	Gen        int
+	PID        int
+	PGID       int
+	StartTicks uint64
+	Started    time.Time
+	Path       string // resolved executable
+	Dir        string // resolved working directory
+	HealthAddr string
+	Adopted    bool // started by an earlier supervisor; not our child
+
+	notify *healthcheck.NotifySocket
+	tail   *Tail
+	done   chan struct{} // closed when the leader exited
+	pgSet  chan struct{} // closed once PGID is known
+
+	mu    sync.Mutex
+	state string
+	exit  string
+}
+
+// Done is closed when the instance's main process has exited.
+func (in *Instance) Done() <-chan struct{} { return in.done }
+
+func (in *Instance) setState(s string) {
+	in.mu.Lock()
+	in.state = s
+	in.mu.Unlock()
+}
+
+// State returns the current state.
+func (in *Instance) State() string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.state
+}
+
+// ExitStatus describes how it ended ("" while running).
+func (in *Instance) ExitStatus() string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.exit
+}
+
+// StderrTail returns the last lines the instance wrote to stderr.
+func (in *Instance) StderrTail() string { return in.tail.Lines(10) }
+
+// Launch says how to start instances.
+type Launch struct {
+	Command      string
+	Args         []string
+	Dir          string // --dir, resolved again at each start
+	EnvFile      string // --env-file, read again at each start
+	Checks       []string
+	DrainTimeout time.Duration
+	RuntimeDir   string   // where per-instance notify sockets go
+	Stdout       *os.File // inherited by instances
+	Stderr       *os.File
+	Relay        []string // argv of the stderr relay; nil = inherit stderr directly
+	Setsid       bool     // start instances in their own session (swap)
+}
+
+// Resolve returns the executable that would start now and the working
+// directory, both with symlinks resolved.
+func (l *Launch) Resolve() (path, dir string, err error) {
+	if l.Dir != "" {
+		if dir, err = filepath.EvalSymlinks(l.Dir); err != nil {
+			return "", "", fmt.Errorf("%w: working directory %s: %w", ErrStart, l.Dir, err)
+		}
+	}
+	cmd := l.Command
+	switch {
+	case strings.Contains(cmd, "/"):
+		if !filepath.IsAbs(cmd) && dir != "" {
+			cmd = filepath.Join(dir, cmd)
+		}
+		if cmd, err = filepath.Abs(cmd); err != nil {
+			return "", "", fmt.Errorf("%w %s: %w", ErrStart, l.Command, err)
+		}
+		fi, err := os.Stat(cmd)
+		if err != nil {
+			return "", "", fmt.Errorf("%w %s: %w", ErrStart, cmd, err)
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return "", "", fmt.Errorf("%w %s: not an executable file", ErrStart, cmd)
+		}
+	default:
+		if cmd, err = exec.LookPath(cmd); err != nil {
+			return "", "", fmt.Errorf("%w %s: %w", ErrStart, l.Command, err)
+		}
+	}
+	real, err := filepath.EvalSymlinks(cmd)
+	if err != nil {
+		return "", "", fmt.Errorf("%w %s: %w", ErrStart, cmd, err)
+	}
+	return real, dir, nil
+}
+
+// ReadEnvFile parses KEY=VALUE lines; blank lines, # comments and a leading
+// "export " are allowed, values may be quoted.
+func ReadEnvFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t") {
+			return nil, fmt.Errorf("env file %s line %d: want KEY=VALUE, got %q", path, n, line)
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		out = append(out, k+"="+v)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// baseEnv is our environment without the variables we set per instance
+// (in particular our own NOTIFY_SOCKET from systemd), plus the env file.
+func (l *Launch) baseEnv() ([]string, error) {
+	drop := map[string]bool{
+		healthcheck.EnvNotifySocket: true, healthcheck.EnvHealthAddr: true,
+		healthcheck.EnvDrainTimeout: true, healthcheck.EnvGeneration: true,
+		EnvRelay: true, "LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true,
+		"WATCHDOG_USEC": true, "WATCHDOG_PID": true,
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !drop[k] {
+			env = append(env, kv)
+		}
+	}
+	if l.EnvFile != "" {
+		extra, err := ReadEnvFile(l.EnvFile)
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, extra...)
+	}
+	return env, nil
+}
+
+// RunChecks runs each --check command through /bin/sh -c in the directory
+// and environment the next generation would get.
+func (l *Launch) RunChecks(ctx context.Context, r *reaper.Reaper, dir string, env []string) error {
+	for _, c := range l.Checks {
+		if err := runCheck(ctx, r, c, dir, env, l.Stderr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runCheck(ctx context.Context, r *reaper.Reaper, check, dir string, env []string, stderr *os.File) error {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("check %q: %w", check, err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", check)
+	cmd.Dir, cmd.Env = dir, env
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	child, err := r.Start(cmd)
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return fmt.Errorf("%w: check %q: %w", ErrCheckFailed, check, err)
+	}
+	tail := newTail(4096)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		w := []interface{ Write([]byte) (int, error) }{tail}
+		if stderr != nil {
+			w = append(w, stderr)
+		}
+		buf := make([]byte, 8192)
+		for {
+			n, err := pr.Read(buf)
+			for _, x := range w {
+				_, _ = x.Write(buf[:n])
+			}
+			if err != nil {
+				pr.Close()
+				return
+			}
+		}
+	}()
+	select {
+	case <-child.Done():
+	case <-ctx.Done():
+		_ = proc.KillGroup(child.PID, unix.SIGKILL)
+		<-child.Done()
+	}
+	_ = proc.KillGroup(child.PID, unix.SIGKILL) // leftovers holding the pipe
+	select {
+	case <-copied:
+	case <-time.After(2 * time.Second):
+	}
+	if ex := child.Exit(); !ex.Success() || ctx.Err() != nil {
+		msg := ex.String()
+		if ctx.Err() != nil {
+			msg = "timed out"
+		}
+		return fmt.Errorf("%w: %q %s: %s", ErrCheckFailed, check, msg, strings.TrimSpace(tail.Lines(5)))
+	}
+	return nil
+}
+
+// startInstance starts generation gen. It does not wait for readiness.
+func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env []string) (*Instance, error) {
+	haddr, err := healthcheck.FreeLoopbackAddr()
+	if err != nil {
+		return nil, fmt.Errorf("generation %d: pick health address: %w", gen, err)
+	}
+	in := &Instance{
+		Gen: gen, Path: path, Dir: dir, HealthAddr: haddr, state: StateStarting,
+		done: make(chan struct{}), pgSet: make(chan struct{}),
+	}
+	sock := filepath.Join(l.RuntimeDir, fmt.Sprintf("notify-%d-%d.sock", os.Getpid(), gen))
+	_ = os.Remove(sock)
+	in.notify, err = healthcheck.ListenNotify(sock, healthcheck.NotifyOptions{Allow: in.allow})
+	if err != nil {
+		return nil, fmt.Errorf("generation %d: notify socket %s: %w", gen, sock, err)
+	}
+	env = append(env[:len(env):len(env)],
+		healthcheck.EnvNotifySocket+"="+in.notify.Path(),
+		healthcheck.EnvHealthAddr+"="+haddr,
+		healthcheck.EnvDrainTimeout+"="+l.DrainTimeout.String(),
+		healthcheck.EnvGeneration+"="+strconv.Itoa(gen),
+	)
+	cmd := &exec.Cmd{
+		Path: path, Args: append([]string{l.Command}, l.Args...), Env: env, Dir: dir,
+		Stdout:      l.Stdout,
+		Stderr:      l.Stderr,
+		SysProcAttr: &unix.SysProcAttr{Setpgid: !l.Setsid, Setsid: l.Setsid},
+	}
+	var relayIn *os.File
+	if l.Relay != nil {
+		relayIn = startRelay(r, l, in)
+		if relayIn != nil {
+			cmd.Stderr = relayIn
+		}
+	}
+	child, err := r.Start(cmd)
+	if relayIn != nil {
+		relayIn.Close()
+	}
+	if err != nil {
+		in.notify.Close()
+		return nil, fmt.Errorf("%w %s: %w", ErrStart, path, err)
+	}
+	in.PID, in.PGID, in.Started = child.PID, child.PID, time.Now()
+	in.StartTicks, _ = proc.StartTime(child.PID)
+	close(in.pgSet)
+	go func() {
+		ex := child.Exit()
+		in.mu.Lock()
+		in.exit = ex.String()
+		in.mu.Unlock()
+		close(in.done)
+	}()
+	return in, nil
+}
+
+// startRelay starts the stderr relay and returns the write end of the pipe
+// to give the instance as stderr, or nil.
+func startRelay(r *reaper.Reaper, l *Launch, in *Instance) *os.File {
+	ir, iw, err := os.Pipe()
+	if err != nil {
+		return nil
+	}
+	tr, tw, err := os.Pipe()
+	if err != nil {
+		ir.Close()
+		iw.Close()
+		return nil
+	}
+	cmd := exec.Command(l.Relay[0], l.Relay[1:]...)
+	cmd.Env = append(os.Environ(), EnvRelay+"=1")
+	cmd.Stdout = l.Stderr
+	cmd.ExtraFiles = []*os.File{ir, tw}
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	_, err = r.Start(cmd)
+	ir.Close()
+	tw.Close()
+	if err != nil {
+		iw.Close()
+		tr.Close()
+		return nil
+	}
+	in.tail = newTail(8192)
+	go in.tail.drain(tr)
+	return iw
+}
+
+// allow accepts notify messages from the instance's process group only.
+func (in *Instance) allow(pid int) bool {
+	select {
+	case <-in.pgSet:
+	case <-time.After(2 * time.Second):
+		return false
+	}
+	return healthcheck.InProcessGroup(in.PGID)(pid)
+}
+
+// waitReady waits for READY=1 (if notify) and every probe, up to timeout.
+func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthcheck.Probe, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	results := make(chan error, 2)
+	n := 0
+	if notify {
+		n++
+		go func() {
+			select {
+			case <-in.notify.Ready():
+				results <- nil
+			case <-ctx.Done():
+				results <- fmt.Errorf("no READY=1 on its notify socket within %v", timeout)
+			}
+		}()
+	}
+	if len(probes) > 0 {
+		n++
+		go func() {
+			err := healthcheck.Wait(ctx, healthcheck.Policy{Deadline: timeout}, probes...)
+			if err != nil {
+				err = fmt.Errorf("probes: %w", err)
+			}
+			results <- err
+		}()
+	}
+	exited := func() error {
+		in.tail.settle(time.Second)
+		tail := in.StderrTail()
+		if tail != "" {
+			tail = "; last stderr: " + tail
+		}
+		return fmt.Errorf("%w: generation %d (pid %d) %s%s", ErrExited, in.Gen, in.PID, in.ExitStatus(), tail)
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-results:
+			if err != nil {
+				select {
+				case <-in.done:
+					return exited()
+				default:
+				}
+				if pctx := context.Cause(ctx); errors.Is(pctx, context.Canceled) {
+					return fmt.Errorf("generation %d: %w", in.Gen, ErrStopping)
+				}
+				return fmt.Errorf("%w: generation %d (pid %d): %w", ErrNotReady, in.Gen, in.PID, err)
+			}
+		case <-in.done:
+			return exited()
+		}
+	}
+	select {
+	case <-in.done:
+		return exited()
+	default:
+	}
+	return nil
+}
+
+// stopInstance sends SIGTERM to the instance's group, waits up to drain (or
+// until hurry is closed), then SIGKILLs what is left of the group and waits
+// until the group is empty (bounded).
+func stopInstance(in *Instance, drain time.Duration, hurry <-chan struct{}) (killed bool) {
+	_ = proc.KillGroup(in.PGID, unix.SIGTERM)
+	t := time.NewTimer(drain)
+	defer t.Stop()
+	select {
+	case <-in.done:
+	case <-t.C:
+		killed = true
+	case <-hurry:
+		killed = true
+	}
+	killGroupAndWait(in)
+	return killed
+}
+
+// killGroupAndWait SIGKILLs the instance's group and waits (bounded) until
+// the leader was reaped and no member is left.
+func killGroupAndWait(in *Instance) {
+	_ = proc.KillGroup(in.PGID, unix.SIGKILL)
+	select {
+	case <-in.done:
+	case <-time.After(5 * time.Second):
+	}
+	for i := 0; i < 200 && len(proc.GroupMembers(in.PGID)) > 0; i++ {
+		_ = proc.KillGroup(in.PGID, unix.SIGKILL)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// adopt builds an Instance for a process started by an earlier supervisor;
+// its exit is detected by polling /proc.
+func adopt(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
+	in := &Instance{
+		Gen: gen, PID: pid, PGID: pgid, StartTicks: ticks, HealthAddr: haddr, Adopted: true,
+		Started: proc.StartWallTime(ticks), state: StateServing,
+		done: make(chan struct{}), pgSet: make(chan struct{}),
+	}
+	close(in.pgSet)
+	go func() {
+		for proc.Alive(pid, ticks) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		in.mu.Lock()
+		in.exit = "exited (adopted, status unknown)"
+		in.mu.Unlock()
+		close(in.done)
+	}()
+	return in
+}
+
+// closeNotify removes the instance's notify socket.
+func (in *Instance) closeNotify() {
+	if in.notify != nil {
+		_ = in.notify.Close()
+	}
+}
+
+// ProbeTarget returns the TCP address a probe spec connects to, if it can
+// be known without the health address ({health_addr} specs return false).
+func ProbeTarget(spec string) (netip.AddrPort, bool) {
+	if strings.Contains(spec, "{health_addr}") {
+		return netip.AddrPort{}, false
+	}
+	var hostport string
+	switch {
+	case strings.HasPrefix(spec, "tcp:"):
+		hostport = strings.TrimPrefix(spec, "tcp:")
+	case strings.HasPrefix(spec, "http://"), strings.HasPrefix(spec, "https://"):
+		u, err := url.Parse(spec)
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		hostport = u.Host
+		if u.Port() == "" {
+			if u.Scheme == "https" {
+				hostport = net.JoinHostPort(u.Hostname(), "443")
+			} else {
+				hostport = net.JoinHostPort(u.Hostname(), "80")
+			}
+		}
+	default:
+		return netip.AddrPort{}, false
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	if host == "localhost" || host == "" {
+		host = "127.0.0.1"
+	}
+	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+	return ap, err == nil
+}

@@ -1,0 +1,112 @@
+package supervisor
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stderr tail, and why a relay process.
+//
+// An instance's stderr must keep working when the supervisor dies (the
+// instances keep serving), so it cannot be a pipe that the supervisor reads:
+// a Go server writing to fd 2 after the reader is gone dies of SIGPIPE. Yet
+// the supervisor wants the last lines of an instance's stderr to explain a
+// failed start ("address already in use"). So the instance's stderr is a
+// pipe read by a tiny relay process (this executable, re-run with
+// EnvRelay=1), which copies every byte to the supervisor's stderr and a copy,
+// best effort and never blocking, to a second pipe that the supervisor
+// reads into a Tail. The relay ignores SIGTERM, SIGINT and SIGHUP, lives in
+// its own process group and exits at EOF, i.e. when the instance (and every
+// descendant holding its stderr) is gone: it outlives a killed supervisor.
+// If the relay cannot be started the instance inherits stderr directly and
+// no tail is kept.
+
+// EnvRelay marks a re-executed changeover as a stderr relay.
+const EnvRelay = "CHANGEOVER_INTERNAL_STDERR_RELAY"
+
+// MaybeRelay runs the relay and exits if this process was started as one.
+// Call it first thing in main (and in TestMain of tests that re-execute).
+func MaybeRelay() {
+	if os.Getenv(EnvRelay) != "1" {
+		return
+	}
+	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	in := os.NewFile(3, "instance-stderr")
+	tail := os.NewFile(4, "tail")
+	_ = unix.SetNonblock(4, true)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			_, _ = os.Stdout.Write(buf[:n])
+			if tail != nil {
+				if _, werr := unix.Write(4, buf[:n]); werr == unix.EPIPE || werr == unix.EBADF {
+					tail = nil // supervisor gone
+				}
+			}
+		}
+		if err != nil {
+			os.Exit(0)
+		}
+	}
+}
+
+// Tail keeps the last bytes written to it, up to a size.
+type Tail struct {
+	mu      sync.Mutex
+	max     int
+	buf     []byte
+	drained chan struct{} // closed when drain has seen EOF
+}
+
+func newTail(max int) *Tail { return &Tail{max: max, drained: make(chan struct{})} }
+
+// settle waits (bounded) until the writer side is closed: after the
+// instance exits, the relay forwards its last bytes and exits.
+func (t *Tail) settle(d time.Duration) {
+	if t == nil {
+		return
+	}
+	select {
+	case <-t.drained:
+	case <-time.After(d):
+	}
+}
+
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+// Lines returns up to n last complete or partial lines.
+func (t *Tail) Lines(n int) string {
+	if t == nil {
+		return ""
+	}
+	t.mu.Lock()
+	b := bytes.TrimRight(t.buf, "\n")
+	t.mu.Unlock()
+	lines := bytes.Split(b, []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// drain copies r into t until EOF, then closes r.
+func (t *Tail) drain(r io.ReadCloser) {
+	defer close(t.drained)
+	_, _ = io.Copy(t, r)
+	_ = r.Close()
+}
