@@ -283,3 +283,16 @@ func TestHalfOpen(t *testing.T) {
 		t.Fatalf("accept queue = %v, want [1]", got)
 	}
 }
+
+func TestListenPacketShares(t *testing.T) {
+	a, err := ListenPacket(context.Background(), "udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ListenPacket(context.Background(), "udp", a.LocalAddr().String())
+	if err != nil {
+		t.Fatalf("second UDP socket on %s: %v", a.LocalAddr(), err)
+	}
+	b.Close()
+}

@@ -257,7 +257,6 @@ func (r *Runner) Run(ctx context.Context) error {
 	err = g.Run()
 	cancelReady()
 	<-drainDone
-	notify(daemon.SdNotifyStopping) // harmless if already sent
 	return errors.Join(err, drainErr)
 }
 
