@@ -345,15 +345,18 @@ func (r *Runner) checkHealth(ctx context.Context) error {
 
 // drain hands over every server's listeners and shuts the servers down.
 func (r *Runner) drain(timeout, window time.Duration) error {
+	r.mu.Lock()
+	servers := r.servers
+	r.mu.Unlock()
+	for _, s := range servers {
+		s.draining.Store(true) // before Draining() tells anyone
+	}
 	close(r.draining)
 	notify(daemon.SdNotifyStopping)
 	margin := min(timeout/10, 500*time.Millisecond)
 	deadline := time.Now().Add(timeout - margin)
 	r.log.Info("draining", "pid", os.Getpid(), "deadline", timeout-margin)
 
-	r.mu.Lock()
-	servers := r.servers
-	r.mu.Unlock()
 	errs := make([]error, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
