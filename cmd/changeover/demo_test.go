@@ -1,41 +1,30 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/changeover-dev/changeover/internal/proc"
 )
 
-var (
-	demoOnce sync.Once
-	demoPath string
-	demoErr  error
-	demoOut  []byte
-)
-
-// buildDemo builds cmd/demo once per test binary.
+// buildDemo builds cmd/demo into a temporary directory of the test.
 func buildDemo(t *testing.T) string {
 	t.Helper()
-	demoOnce.Do(func() {
-		dir, err := osMkdirTemp()
-		if err != nil {
-			demoErr = err
-			return
-		}
-		demoPath = filepath.Join(dir, "demo")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		cmd := exec.Command(gobin, "build", "-o", demoPath, "../demo")
-		demoOut, demoErr = cmd.CombinedOutput()
-	})
-	if demoErr != nil {
-		t.Fatalf("build cmd/demo: %v\n%s", demoErr, demoOut)
+	path := filepath.Join(t.TempDir(), "demo")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if out, err := exec.Command(gobin, "build", "-o", path, "../demo").CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/demo: %v\n%s", err, out)
 	}
-	return demoPath
+	return path
 }
 
 // TestDemoZeroDowntime supervises the real demo server (package runner) with
@@ -97,5 +86,38 @@ func TestDemoZeroDowntime(t *testing.T) {
 	t.Logf("requests during 3 reloads: %d ok, %d failed", ok.Load(), failed.Load())
 	if failed.Load() != 0 || ok.Load() == 0 {
 		t.Errorf("%d requests failed (%d ok)", failed.Load(), ok.Load())
+	}
+}
+
+// TestDemoSwap deploys the real demo server twice with swap.
+func TestDemoSwap(t *testing.T) {
+	demo := buildDemo(t)
+	e := newEnv(t)
+	pidfile := filepath.Join(e.dir, "demo.pid")
+	var pids []int
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
+	for _, v := range []string{"v1", "v2"} {
+		code, out, stderr := cli("swap", "--pidfile", pidfile, "--drain-timeout", "5s", "--", demo, "-addr", e.addr, "-version", v)
+		if f := readPidfile(t, pidfile); len(f) > 0 {
+			pid, _ := strconv.Atoi(f[0])
+			pids = append(pids, pid)
+		}
+		if code != 0 {
+			t.Fatalf("swap %s: exit %d: %s", v, code, stderr)
+		}
+		t.Logf("swap %s: %s", v, strings.TrimSpace(out))
+		if got := get(e.addr); !strings.HasPrefix(got, "version="+v+" ") {
+			t.Fatalf("after swap %s served %q", v, got)
+		}
+	}
+	if proc.Alive(pids[0], 0) {
+		t.Errorf("v1 (pid %d) still alive", pids[0])
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.dir, "demo.log")); !strings.Contains(string(b), "version=v2") {
+		t.Errorf("demo.log beside the pidfile lacks the instance's output:\n%s", b)
 	}
 }

@@ -227,16 +227,24 @@ func (e *env) status() (supervisor.Status, error) {
 // waitServing waits until generation gen serves, failing early if run exits.
 func (e *env) waitServing(p *inProcess, gen int) supervisor.Status {
 	e.t.Helper()
-	var st supervisor.Status
-	waitFor(e.t, 20*time.Second, fmt.Sprintf("generation %d serving", gen), func() bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
 		if p != nil && p.exited() {
 			e.t.Fatalf("run returned early: %v\nstderr:\n%s", p.err, p.stderr.String())
 		}
-		s, err := e.status()
-		st = s
-		return err == nil && s.Serving == gen && !s.Reloading
-	})
-	return st
+		st, err := e.status()
+		if err == nil && st.Serving == gen && !st.Reloading {
+			return st
+		}
+		if time.Now().After(deadline) {
+			logs := ""
+			if p != nil {
+				logs = p.stderr.String()
+			}
+			e.t.Fatalf("generation %d not serving after 20s (status %+v, %v); run stderr:\n%s", gen, st, err, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // cli runs a changeover client command in-process and returns its exit
@@ -310,8 +318,6 @@ func listenPlain(addr string) (net.Listener, error) { return net.Listen("tcp", a
 func contextWithCancel() (context.Context, context.CancelFunc) {
 	return context.WithCancel(context.Background())
 }
-
-func osMkdirTemp() (string, error) { return os.MkdirTemp("", "changeover-demo") }
 
 // killGroups SIGKILLs the process groups of every generation the supervisor
 // reports (for servers that do not write their PID to the env's pid dir).

@@ -45,11 +45,7 @@ func TestMain(m *testing.M) {
 		main()
 	}
 	reapOrphans = false
-	code := m.Run()
-	if demoPath != "" {
-		_ = os.RemoveAll(filepath.Dir(demoPath))
-	}
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // helperServer is a small server following the instance contract: it binds

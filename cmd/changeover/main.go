@@ -1,18 +1,3 @@
-// Command changeover restarts network servers with zero downtime without
-// passing file descriptors: each new generation binds the same ports with
-// SO_REUSEPORT beside the old one, and the old one is drained only once the
-// new one is ready.
-//
-//	changeover run [flags] -- COMMAND [ARGS...]
-//	changeover reload|status|stop [--name NAME | --control PATH]
-//	changeover swap --pidfile F [flags] -- COMMAND [ARGS...]
-//
-// Exit codes: 0 success; 1 an error of changeover's own (control socket
-// unreachable, command cannot be started, ...); 2 usage; 3 the new instance
-// exited before it was ready; 4 it was not ready in time (probe failing, or
-// it does not listen on an address the old one serves); 5 --check refused
-// it; 6 (run) the serving instance crashed too often. In 3, 4 and 5 the old
-// version keeps serving.
 package main
 
 import (

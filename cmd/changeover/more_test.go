@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,6 +94,9 @@ func TestAdoptAfterSupervisorKilled(t *testing.T) {
 	if got := get(e.addr); !strings.HasPrefix(got, "version=2 ") {
 		t.Errorf("served %q, want version 2", got)
 	}
+	if stale, _ := filepath.Glob(filepath.Join(e.dir, fmt.Sprintf("notify-%d-*.sock", b.cmd.Process.Pid))); len(stale) != 0 {
+		t.Errorf("stale notify sockets of the killed supervisor left: %v", stale)
+	}
 	if !strings.Contains(b2.out.String(), "adopted") {
 		t.Errorf("adoption not logged:\n%s", b2.out.String())
 	}
@@ -105,7 +110,8 @@ func TestAdoptAfterSupervisorKilled(t *testing.T) {
 }
 
 // TestWatchSymlinkFlip: with --watch, flipping a "current" symlink to another
-// release reloads by itself, with that release's env file.
+// release reloads by itself, with that release's env file, working directory
+// and binary (COMMAND relative to --dir).
 func TestWatchSymlinkFlip(t *testing.T) {
 	e := newEnv(t)
 	for _, v := range []string{"1", "2"} {
@@ -127,7 +133,7 @@ func TestWatchSymlinkFlip(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"run", "--control", e.sock, "--watch", "--watch-debounce", "200ms",
-		"--env-file", filepath.Join(current, "env"), "--", filepath.Join(current, "server")}
+		"--env-file", filepath.Join(current, "env"), "--dir", current, "--", "./server"}
 	p := &inProcess{errc: make(chan error, 1), stderr: &syncBuffer{}, stdout: &syncBuffer{}}
 	ctx, cancel := contextWithCancel()
 	p.cancel = cancel
@@ -144,8 +150,11 @@ func TestWatchSymlinkFlip(t *testing.T) {
 	if err := os.Rename(tmp, current); err != nil {
 		t.Fatal(err)
 	}
-	e.waitServing(p, 2)
+	st := e.waitServing(p, 2)
 	if got := get(e.addr); !strings.HasPrefix(got, "version=2 ") {
 		t.Errorf("served %q after the flip, want version 2", got)
+	}
+	if cwd, err := os.Readlink("/proc/" + strconv.Itoa(st.Generations[len(st.Generations)-1].PID) + "/cwd"); err != nil || cwd != filepath.Join(e.dir, "releases", "2") {
+		t.Errorf("generation 2 runs in %q (%v), want releases/2", cwd, err)
 	}
 }

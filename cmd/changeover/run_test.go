@@ -84,7 +84,7 @@ func TestReloadViaControlSocket(t *testing.T) {
 
 func TestReloadCoalescing(t *testing.T) {
 	e := newEnv(t)
-	e.setEnv("1", envReadyDelay+"=400ms")
+	e.setEnv("1", envReadyDelay+"=1s")
 	p := e.startInProcess("--ready-timeout", "5s")
 	e.waitServing(p, 1)
 
@@ -136,5 +136,30 @@ func TestGenerationOneNotReady(t *testing.T) {
 	}
 	if code := exitCode(err); code != exitExited {
 		t.Errorf("exit code %d, want %d", code, exitExited)
+	}
+}
+
+// TestDrainDeadlineKills: an old instance that ignores SIGTERM is SIGKILLed
+// with its group just after --drain-timeout, and the reload then succeeds.
+func TestDrainDeadlineKills(t *testing.T) {
+	e := newEnv(t)
+	e.setEnv("1", envMode+"=ignore-term")
+	p := e.startInProcess("--drain-timeout", "500ms")
+	st := e.waitServing(p, 1)
+	e.setEnv("2")
+	start := time.Now()
+	code, _, stderr := cli("reload", "--control", e.sock)
+	took := time.Since(start)
+	if code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, stderr)
+	}
+	if took < 500*time.Millisecond {
+		t.Errorf("reload took %v, less than the drain timeout", took)
+	}
+	if syscall.Kill(st.Generations[0].PID, 0) == nil {
+		t.Errorf("old instance still alive")
+	}
+	if logs := p.stderr.String(); !strings.Contains(logs, "killed=true") || !strings.Contains(logs, "signal killed") {
+		t.Errorf("kill not logged:\n%s", logs)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	rungroup "github.com/oklog/run"
 	"golang.org/x/sys/unix"
 
+	"github.com/changeover-dev/changeover/healthcheck"
 	"github.com/changeover-dev/changeover/internal/control"
 	"github.com/changeover-dev/changeover/internal/reaper"
 	"github.com/changeover-dev/changeover/internal/supervisor"
@@ -69,6 +70,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if o.crashLimit < 0 {
 		return usagef(fs, "--crash-limit must not be negative: %d", o.crashLimit)
 	}
+	for _, p := range o.health {
+		if err := validProbe(p); err != nil {
+			return usagef(fs, "%v", err)
+		}
+	}
 	name := o.name
 	if name == "" {
 		name = filepath.Base(argv[0])
@@ -83,6 +89,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer srv.Close()
 	runtimeDir := filepath.Dir(sockPath)
+	supervisor.RemoveStaleNotifySockets(runtimeDir)
 
 	if o.pidfile != "" {
 		if err := os.WriteFile(o.pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -100,10 +107,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	rp := reaper.New(log, orphans)
 	defer rp.Close()
 
-	var relay []string
-	if exe, err := os.Executable(); err == nil {
-		relay = []string{exe}
-	}
+	// The stderr relay is this very binary (even if replaced on disk since).
+	relay := []string{"/proc/self/exe"}
 	sup := supervisor.New(supervisor.Config{
 		Name: name,
 		Launch: supervisor.Launch{
@@ -118,11 +123,6 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		CrashLimit: o.crashLimit, CrashWindow: *o.crashWindow,
 		SDNotify: sdNotifier(log),
 	})
-	for _, p := range o.health {
-		if !validProbeSpec(p) {
-			return usagef(fs, "--health %q: want http://..., https://..., tcp:ADDR or exec:CMD", p)
-		}
-	}
 
 	var g rungroup.Group
 	{ // the supervisor itself
@@ -181,9 +181,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return err
 }
 
-func validProbeSpec(p string) bool {
-	return len(p) > 5 && p[:5] == "exec:" || len(p) > 4 && p[:4] == "tcp:" ||
-		len(p) > 7 && p[:7] == "http://" || len(p) > 8 && p[:8] == "https://"
+// validProbe checks a --health spec as far as it can be checked before an
+// instance exists.
+func validProbe(spec string) error {
+	if _, err := healthcheck.Parse(spec, "127.0.0.1:1"); err != nil {
+		return fmt.Errorf("--health %q: %w (want http://..., https://..., tcp:ADDR or exec:CMD)", spec, err)
+	}
+	return nil
 }
 
 // fileOr returns w if it is an *os.File, else def (instances need a file

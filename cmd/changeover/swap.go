@@ -41,8 +41,8 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usagef(fs, "%v", err)
 	}
 	for _, p := range health {
-		if !validProbeSpec(p) {
-			return usagef(fs, "--health %q: want http://..., https://..., tcp:ADDR or exec:CMD", p)
+		if err := validProbe(p); err != nil {
+			return usagef(fs, "%v", err)
 		}
 	}
 	res, err := supervisor.Swap(ctx, supervisor.SwapConfig{

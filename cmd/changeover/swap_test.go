@@ -1,6 +1,7 @@
 package main
 
 import (
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,7 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"golang.org/x/sys/unix"
+	"time"
 
 	"github.com/changeover-dev/changeover/internal/proc"
 )
@@ -136,4 +137,27 @@ func TestSwapReusedPID(t *testing.T) {
 	if f := readPidfile(t, pidfile); f[0] == strconv.Itoa(bystander.Process.Pid) || f[2] != "5" {
 		t.Errorf("pidfile %q", f)
 	}
+}
+
+// TestSwapSerialised: two swaps on one pidfile at once both succeed, one
+// after the other (flock), and leave exactly one instance serving.
+func TestSwapSerialised(t *testing.T) {
+	e := newEnv(t)
+	pidfile := filepath.Join(e.dir, "app.pid")
+	codes := make(chan int, 2)
+	for range 2 {
+		go func() {
+			code, _, _ := cli("swap", "--pidfile", pidfile, "--env-file", e.envFile, "--drain-timeout", "5s", "--", e.exe)
+			codes <- code
+		}()
+	}
+	for range 2 {
+		if c := <-codes; c != 0 {
+			t.Errorf("swap exit %d", c)
+		}
+	}
+	if f := readPidfile(t, pidfile); f[2] != "2" {
+		t.Errorf("pidfile %q, want generation 2", f)
+	}
+	waitFor(t, 5*time.Second, "one instance left", func() bool { return len(e.aliveHelpers()) == 1 })
 }

@@ -68,7 +68,8 @@ func (f *fakeSystemd) index(from int, fields ...string) int {
 func TestSystemdNotify(t *testing.T) {
 	sd := newFakeSystemd(t)
 	e := newEnv(t)
-	p := e.startInProcess()
+	// The exec probe sees the instance's environment, not systemd's socket.
+	p := e.startInProcess("--health", `exec:test -n "$CHANGEOVER_HEALTH_ADDR" && test -z "$NOTIFY_SOCKET"`)
 	e.waitServing(p, 1)
 	var ready int
 	waitFor(t, 5*time.Second, "READY=1 with MAINPID", func() bool {

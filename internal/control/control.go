@@ -82,7 +82,10 @@ func Listen(path string) (*Server, error) {
 	} else if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
 		return nil, fmt.Errorf("control socket directory %s is writable by others (mode %v)", dir, fi.Mode().Perm())
 	}
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket path %s exists and is not a socket", path)
+		}
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()

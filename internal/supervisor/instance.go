@@ -42,7 +42,8 @@ type Instance struct {
 	Path       string // resolved executable
 	Dir        string // resolved working directory
 	HealthAddr string
-	Adopted    bool // started by an earlier supervisor; not our child
+	Adopted    bool     // started by an earlier supervisor; not our child
+	probeEnv   []string // environment for exec probes and checks
 
 	notify *healthcheck.NotifySocket
 	tail   *Tail
@@ -273,6 +274,8 @@ func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env [
 	if err != nil {
 		return nil, fmt.Errorf("generation %d: notify socket %s: %w", gen, sock, err)
 	}
+	in.probeEnv = append(env[:len(env):len(env)],
+		healthcheck.EnvHealthAddr+"="+haddr, healthcheck.EnvGeneration+"="+strconv.Itoa(gen))
 	env = append(env[:len(env):len(env)],
 		healthcheck.EnvNotifySocket+"="+in.notify.Path(),
 		healthcheck.EnvHealthAddr+"="+haddr,
@@ -400,6 +403,9 @@ func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthch
 				}
 				if pctx := context.Cause(ctx); errors.Is(pctx, context.Canceled) {
 					return fmt.Errorf("generation %d: %w", in.Gen, ErrStopping)
+				}
+				if tail := in.StderrTail(); tail != "" {
+					err = fmt.Errorf("%w; last stderr: %s", err, tail)
 				}
 				return fmt.Errorf("%w: generation %d (pid %d): %w", ErrNotReady, in.Gen, in.PID, err)
 			}

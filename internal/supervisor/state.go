@@ -137,3 +137,18 @@ func (s *Supervisor) adoptFromState() *Instance {
 	s.log.Info("adopted serving instance of a previous supervisor", KeyGeneration, in.Gen, KeyPID, in.PID)
 	return in
 }
+
+// RemoveStaleNotifySockets removes notify sockets in dir left by
+// supervisors that are gone (they are named notify-SUPERVISORPID-GEN.sock).
+func RemoveStaleNotifySockets(dir string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, "notify-*-*.sock"))
+	for _, m := range matches {
+		var pid, gen int
+		if _, err := fmt.Sscanf(filepath.Base(m), "notify-%d-%d.sock", &pid, &gen); err != nil {
+			continue
+		}
+		if pid != os.Getpid() && !proc.Alive(pid, 0) {
+			_ = os.Remove(m)
+		}
+	}
+}

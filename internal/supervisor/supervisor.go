@@ -190,6 +190,10 @@ func (s *Supervisor) Status() Status {
 // It returns nil after a graceful stop.
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer s.cleanup()
+	if s.cfg.StateFile != "" {
+		// Kept only if we are killed: then the next supervisor adopts.
+		defer os.Remove(s.cfg.StateFile)
+	}
 	adopted := s.adoptFromState()
 	firstCtx, firstCancel := context.WithCancel(ctx)
 	go func() {
@@ -279,6 +283,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				continue
 			}
 			s.saveState()
+			killGroupAndWait(serving) // leftovers of its group may hold the ports
+			serving.closeNotify()
 			serving.tail.settle(500 * time.Millisecond)
 			s.log.Error("serving instance exited", KeyGeneration, serving.Gen, KeyPID, serving.PID,
 				"status", serving.ExitStatus(), KeyDuration, time.Since(serving.Started).Round(time.Millisecond),
@@ -294,13 +300,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-restartC:
 			restartC = nil
 			s.mu.Lock()
-			need := s.serving == nil
+			need, next := s.serving == nil, s.gen+1
 			if need {
 				s.pending = true
 			}
 			s.mu.Unlock()
 			if need && worker == nil {
-				s.log.Info("restarting", KeyGeneration, s.gen+1)
+				s.log.Info("restarting", KeyGeneration, next)
 				startWorker()
 			}
 		}
@@ -390,8 +396,11 @@ func (s *Supervisor) deploy(ctx context.Context) (res Result) {
 	}
 	in, err := s.startReady(ctx, gen, old)
 	if err != nil {
-		s.log.Error("generation failed; previous keeps serving", KeyGeneration, gen, KeyError, err,
-			KeyDuration, time.Since(start).Round(time.Millisecond))
+		msg := "generation failed"
+		if old != nil {
+			msg = "generation failed; previous keeps serving"
+		}
+		s.log.Error(msg, KeyGeneration, gen, KeyError, err, KeyDuration, time.Since(start).Round(time.Millisecond))
 		return Result{Err: err}
 	}
 	s.mu.Lock()
@@ -464,6 +473,13 @@ func (s *Supervisor) waitReady(ctx context.Context, in *Instance) error {
 		p, err := healthcheck.Parse(spec, in.HealthAddr)
 		if err != nil {
 			return fmt.Errorf("health probe %q: %w", spec, err)
+		}
+		if ex, ok := p.(healthcheck.Exec); ok {
+			// The instance's environment and working directory; Exec adds
+			// Env to ours, so blank our own NOTIFY_SOCKET (systemd's).
+			ex.Env = append(in.probeEnv[:len(in.probeEnv):len(in.probeEnv)], healthcheck.EnvNotifySocket+"=")
+			ex.Dir = in.Dir
+			p = ex
 		}
 		probes = append(probes, p)
 	}

@@ -1,0 +1,162 @@
+// Command changeover restarts network servers on Linux with zero downtime
+// without passing file descriptors: each new generation of the server is an
+// independent process that binds the same ports with SO_REUSEPORT beside the
+// old one; only once the new one is ready, the old one gets SIGTERM and
+// drains within a deadline. A new version that fails is killed and the old
+// one keeps serving.
+//
+// # Commands
+//
+//	changeover run [flags] -- COMMAND [ARGS...]
+//	changeover reload [--name NAME | --control PATH] [--timeout 10m]
+//	changeover status [--json] [--name NAME | --control PATH]
+//	changeover stop [--name NAME | --control PATH]
+//	changeover swap --pidfile F [flags] -- COMMAND [ARGS...]
+//
+// reload, status and stop find the supervisor by --control, or by --name
+// (NAME.sock in the default directory), or else as the only running
+// supervisor in the default directory ($XDG_RUNTIME_DIR/changeover, else
+// /run/changeover).
+//
+// # run flags (defaults)
+//
+//	--name NAME              base name of COMMAND; names the control socket and state file
+//	--control PATH           $XDG_RUNTIME_DIR/changeover/NAME.sock, else /run/changeover/NAME.sock
+//	--dir DIR                working directory of instances, symlinks resolved at each start
+//	--env-file F             KEY=VALUE lines added to instances' environment, read at each start
+//	--health PROBE           repeatable: http://..., https://..., tcp:ADDR, exec:CMD; {health_addr}
+//	                         is replaced by the instance's own CHANGEOVER_HEALTH_ADDR
+//	--notify                 true: wait for READY=1 on the instance's NOTIFY_SOCKET
+//	--check CMD              repeatable; sh -c CMD in the new generation's dir and environment
+//	                         before it starts; non-zero refuses the reload
+//	--watch                  false: reload when COMMAND's file, or a symlink on its path, changes
+//	--watch-debounce 1s      the change must stay still this long (a binary being copied is not started)
+//	--ready-timeout 30s      time a new generation has to become ready
+//	--drain-timeout 30s      time an old generation has to drain (also CHANGEOVER_DRAIN_TIMEOUT); then SIGKILL
+//	--restart-backoff 1s     first delay before restarting a crashed instance; doubles per crash in the window
+//	--restart-backoff-max 30s
+//	--crash-limit 5          more crashes than this within --crash-window: exit 6 (let systemd restart)
+//	--crash-window 1m
+//	--pidfile F              the supervisor's own PID
+//	--log-format text        or json (log/slog; keys generation, pid, duration)
+//
+// Ready means READY=1 received (unless --notify=false) and every --health
+// probe passing. With --notify=false and no --health, the probe is
+// http://{health_addr}/. With no flag at all a server built on package
+// runner (cmd/demo) just works: it sends READY=1 once it is serving and its
+// health handler passes. A --health probe aimed at a port that the old
+// generation listens on would be answered by the old generation: a reload
+// with such a probe is refused, saying so. Before a new generation is
+// promoted, its listening sockets must cover every address the old one
+// listens on (its health address aside); otherwise the reload fails (exit 4).
+//
+// Every instance gets NOTIFY_SOCKET (its own unixgram socket beside the
+// control socket, accepting datagrams only from the instance's process
+// group), CHANGEOVER_HEALTH_ADDR (a free 127.0.0.1 port only it serves),
+// CHANGEOVER_DRAIN_TIMEOUT and CHANGEOVER_GENERATION. The supervisor's own
+// NOTIFY_SOCKET (from systemd) is never passed on. Instances start in their
+// own process group and are signalled and killed by group.
+//
+// # Reloads
+//
+// SIGHUP, `changeover reload`, or --watch start generation N+1, wait until
+// it is ready, SIGTERM generation N's process group, wait up to the drain
+// timeout, SIGKILL what is left of the group and wait until the group is
+// empty. Only then is the reload over, so the ports never hold more than two
+// generations. Reloads asked for while one runs are coalesced into one more;
+// every `reload` waiting for it gets its outcome. If N+1 exits or is not
+// ready in time it is killed with its group and N keeps serving. COMMAND's
+// path, --dir and --env-file are resolved again at each reload, so a binary
+// replaced on disk or a flipped `current` symlink is what starts next.
+//
+// # Crashes and stop
+//
+// If the serving instance exits on its own, the exit is logged with its
+// status and the last lines of its stderr, and a new generation starts after
+// the backoff. SIGTERM or SIGINT (or `changeover stop`) drain the serving
+// instance and exit 0; a second SIGTERM/SIGINT SIGKILLs at once. A stop while
+// generation 1 is still starting kills it and exits 0.
+//
+// # systemd
+//
+// With NOTIFY_SOCKET set, run speaks Type=notify-reload: READY=1 with
+// MAINPID (always the supervisor) once generation 1 is ready; RELOADING=1
+// with MONOTONIC_USEC when a reload starts and READY=1 when it ends (either
+// way); STATUS= with the serving generation; EXTEND_TIMEOUT_USEC when a drain
+// starts; STOPPING=1. Type=notify with ExecReload=changeover reload works
+// too (on older systemd), and reports the outcome in the reload's exit code.
+//
+// # Instance stderr
+//
+// Instances inherit the supervisor's stdout. Their stderr must also survive
+// a killed supervisor (instances keep serving), so it is not a pipe read by
+// the supervisor: a Go server writing to a broken fd 2 dies of SIGPIPE.
+// Instead it is a pipe read by a small relay process (this binary re-run,
+// in its own process group, ignoring SIGTERM/SIGINT/SIGHUP) that copies
+// every byte unchanged to the supervisor's stderr and a best-effort,
+// never-blocking copy to the supervisor, which keeps the last lines. The
+// relay exits when the instance (and every descendant holding its stderr)
+// is gone, so it outlives a killed supervisor. Those last lines explain a
+// failed start: "generation 1 (pid N) exit status 1; last stderr: listen
+// tcp 127.0.0.1:8080: bind: address already in use".
+//
+// # State file and adoption
+//
+// NAME.state, beside the control socket, is rewritten (atomically) on every
+// change: generations, PIDs, process groups, start times (from
+// /proc/PID/stat) and health addresses. It is removed when run returns. When
+// run starts and finds one whose serving instance is alive with the same
+// start time (the previous supervisor was SIGKILLed and its instance kept
+// serving), it adopts it: generation N+1 starts as usual and the adopted one
+// is retired through a normal handover (SIGTERM, exit detected by polling
+// /proc since it is not our child, SIGKILL of its group after the deadline).
+// Non-serving leftovers of the dead supervisor (a half-done reload) are
+// killed.
+//
+// # Control socket
+//
+// A unix socket created 0600 in a directory that only its owner can write
+// (created 0700). Only peers (SO_PEERCRED) with the supervisor's UID or root
+// may reload or stop. A socket file left by a killed supervisor is replaced;
+// one answered by a live supervisor is an error naming it.
+//
+// # Containers
+//
+// As PID 1, or otherwise as a child subreaper (PR_SET_CHILD_SUBREAPER), run
+// reaps orphans re-parented to it. One reaper owns every wait: instances and
+// --check commands are reaped by PID and their status goes to the
+// supervisor; an orphan in an instance's process group is reaped at once,
+// any other zombie child only after a grace second, so commands waited for
+// elsewhere (exec probes) keep their status.
+//
+// # swap
+//
+// `changeover swap --pidfile F -- COMMAND` deploys without a resident
+// supervisor: it starts COMMAND in its own session (output appended to
+// --log, default F with .log for .pid), waits until it is ready, writes "PID
+// STARTTIME GENERATION HEALTH_ADDR" to F atomically, SIGTERMs the process
+// that F named (only if its start time still matches: a reused PID is never
+// signalled, it is reported and treated as a first deploy), waits for it to
+// exit (--drain-timeout, then SIGKILL) and exits 0. A failed new instance is
+// killed; F and the old process are left alone. Concurrent swaps on one F are
+// serialised by a flock on F.lock. An empty, garbage or unwritable F exits 2
+// with nothing touched. swap takes --log, --dir, --env-file, --health,
+// --check, --notify, --ready-timeout, --drain-timeout and --log-format as
+// run does.
+//
+// # Exit codes
+//
+//	0  success (reload/swap: the new generation took over)
+//	1  an error of changeover's own: control socket unreachable or in use,
+//	   COMMAND cannot be started (the message names the path), ...
+//	2  usage: unknown command, bad flag or value (named), nothing after --,
+//	   a garbage swap pidfile
+//	3  the new instance exited before it was ready
+//	4  the new instance was not ready in time (probe failing, no READY=1,
+//	   or it does not listen on an address the old one serves)
+//	5  --check refused the new generation
+//	6  run: the serving instance crashed more than --crash-limit times
+//
+// In 3, 4 and 5 the old version keeps serving. run exits with 3, 4 or 5 too
+// when generation 1 fails that way, with the instance's error in the message.
+package main
