@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,7 +68,13 @@ func serverMain() int {
 		return naiveServe(ctx, srv)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("gen", gen)
-	r := runner.New(runner.Options{Logger: log})
+	opts := runner.Options{Logger: log}
+	if os.Getenv("TEST_BROKEN") == "1" {
+		opts.Health = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "broken on purpose", http.StatusServiceUnavailable)
+		})
+	}
+	r := runner.New(opts)
 	ln, err := r.Listen(ctx, "tcp", os.Getenv("TEST_ADDR"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -112,6 +119,7 @@ type scenario struct {
 	Clients  int // per mode
 	Addr     string
 	Naive    bool  // serve without runner (naiveServe)
+	Broken   bool  // before each restart, a generation that never gets ready comes and is killed
 	Progress int64 // answers per mode between restarts
 }
 
@@ -191,7 +199,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 		}
 	}()
 	start := func(gen int) (*proc, error) {
-		p, err := startServer(ctx, dir, s.Addr, gen, s.Naive)
+		p, err := startServer(ctx, dir, s.Addr, gen, s.Naive, false)
 		if p != nil {
 			procs = append(procs, p)
 		}
@@ -263,6 +271,22 @@ func (s scenario) run(ctx context.Context) (res result) {
 		if err := waitProgress(); err != nil {
 			res.Err = err.Error()
 			break
+		}
+		if s.Broken {
+			// A broken new version: it listens beside the serving one but
+			// never becomes ready, and is killed while the load runs.
+			b, err := startServer(ctx, dir, s.Addr, brokenGen+gen, false, true)
+			if b != nil {
+				procs = append(procs, b)
+			}
+			if err == nil {
+				err = waitProgress()
+			}
+			if err != nil {
+				res.Err = err.Error()
+				break
+			}
+			b.kill()
 		}
 		next, err := start(gen)
 		if err != nil {
@@ -342,8 +366,12 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startServer starts one generation and waits for its READY=1.
-func startServer(ctx context.Context, dir, addr string, gen int, naive bool) (*proc, error) {
+// brokenGen is added to the generation numbers of broken instances.
+const brokenGen = 1000
+
+// startServer starts one generation and waits for its READY=1, or, for a
+// broken one (whose health handler always fails), until it listens.
+func startServer(ctx context.Context, dir, addr string, gen int, naive, broken bool) (*proc, error) {
 	sock := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", gen))
 	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -357,6 +385,9 @@ func startServer(ctx context.Context, dir, addr string, gen int, naive bool) (*p
 	if naive {
 		p.cmd.Env = append(p.cmd.Env, "TEST_NAIVE=1")
 	}
+	if broken {
+		p.cmd.Env = append(p.cmd.Env, "TEST_BROKEN=1")
+	}
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
@@ -365,20 +396,20 @@ func startServer(ctx context.Context, dir, addr string, gen int, naive bool) (*p
 	go func() { p.done <- p.cmd.Wait() }()
 
 	got := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := nc.Read(buf)
-			if err != nil {
-				got <- err
-				return
+	if broken {
+		go func() {
+			ap := netip.MustParseAddrPort(addr)
+			for ctx.Err() == nil {
+				if n, err := reuseport.GroupSize(ap); err != nil || n >= 2 {
+					got <- err
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
 			}
-			if bytes.Contains(buf[:n], []byte("READY=1")) {
-				got <- nil
-				return
-			}
-		}
-	}()
+		}()
+	} else {
+		go readReady(nc, got)
+	}
 	select {
 	case err := <-got:
 		if err != nil {
@@ -395,6 +426,22 @@ func startServer(ctx context.Context, dir, addr string, gen int, naive bool) (*p
 	}
 }
 
+// readReady reads datagrams until READY=1.
+func readReady(nc *net.UnixConn, got chan<- error) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := nc.Read(buf)
+		if err != nil {
+			got <- err
+			return
+		}
+		if bytes.Contains(buf[:n], []byte("READY=1")) {
+			got <- nil
+			return
+		}
+	}
+}
+
 func (p *proc) wait(ctx context.Context) error {
 	select {
 	case err := <-p.done:
@@ -408,9 +455,12 @@ func (p *proc) wait(ctx context.Context) error {
 	}
 }
 
+// kill kills the generation's process group and waits for it; it may be
+// called again.
 func (p *proc) kill() {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
+	err := <-p.done
+	p.done <- err
 }
 
 // netnsMain runs inside a new network namespace: it brings up lo, sets
@@ -465,6 +515,9 @@ func runInNetns(t *testing.T, s scenario, migrate int) result {
 		t.Fatalf("start the scenario in a new network namespace: %v", err)
 	}
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	// The scenario bounds itself to 3 minutes; this is the backstop.
+	backstop := time.AfterFunc(4*time.Minute, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	defer backstop.Stop()
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("scenario in netns: %v\n%s", err, stderr.String())
 	}
@@ -478,6 +531,39 @@ func runInNetns(t *testing.T, s scenario, migrate int) result {
 	}
 	t.Fatalf("no result from the scenario: %s\n%s", stdout.String(), stderr.String())
 	return res
+}
+
+// TestBrokenNewVersionCostsNothing: before each restart a new version that
+// never becomes ready listens beside the serving one under load and is
+// killed; it is dark the whole time, so it answers nothing and costs nothing.
+func TestBrokenNewVersionCostsNothing(t *testing.T) {
+	s := scenario{Restarts: 5, Clients: 2, Progress: 50, Broken: true}
+	var res result
+	if os.Geteuid() == 0 {
+		s.Addr = "127.0.0.1:8080"
+		res = runInNetns(t, s, 0)
+	} else {
+		s.Addr = freeAddr(t)
+		res = s.run(context.Background())
+	}
+	if res.Err != "" {
+		t.Fatal(res.Err)
+	}
+	for _, mode := range modes {
+		mr := res.Modes[mode]
+		t.Logf("%-15s requests=%d failures=%d generations=%v", mode, mr.Requests, mr.Failures, mr.Gens)
+		if mr.Failures != 0 {
+			t.Errorf("%s: %d of %d requests failed: %v, e.g. %q", mode, mr.Failures, mr.Requests, mr.Kinds, mr.Examples)
+		}
+		for gen := range mr.Gens {
+			if n, _ := strconv.Atoi(gen); n >= brokenGen {
+				t.Errorf("%s: the broken generation %s answered %d requests; it should have been dark", mode, gen, mr.Gens[gen])
+			}
+		}
+		if len(mr.Gens) != s.Restarts+1 {
+			t.Errorf("%s: answers from %d generations, want %d", mode, len(mr.Gens), s.Restarts+1)
+		}
+	}
 }
 
 // TestNaiveHandoverLoses shows that the scenario can fail: without the
