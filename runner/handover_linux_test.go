@@ -587,15 +587,6 @@ func TestNaiveHandoverLoses(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestHandoverZeroLoss is the product's promise: restarts under load, in
 // every client mode at once, cost no request, with tcp_migrate_req 0 and 1.
 func TestHandoverZeroLoss(t *testing.T) {

@@ -54,3 +54,38 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestNewInstanceStaysDark: a second runner on the same address gets no
+// connection until the first one drains; then it gets them all, and it
+// keeps a third one dark in turn.
+func TestNewInstanceStaysDark(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	old := start(t, runner.Options{Logger: quiet}, text("old"))
+	ask := func(n int) map[string]int {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		seen := map[string]int{}
+		for range n {
+			body, _ := get(t, c, "http://"+old.addr+"/")
+			seen[body]++
+		}
+		return seen
+	}
+	startOn(t, old.addr, text("new"))
+	if seen := ask(50); seen["old"] != 50 {
+		t.Fatalf("with a new instance listening: answers %v, want all 50 from the old one", seen)
+	}
+	old.stop()
+	if err := old.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if seen := ask(50); seen["new"] != 50 {
+		t.Fatalf("after the handover: answers %v, want all 50 from the new one", seen)
+	}
+	// The survivor re-attaches its own program once alone; the stale one of
+	// the old instance would send everything to the next newcomer.
+	waitFor(t, func() bool { n := groupSize(t, old.addr); return n == 1 })
+	startOn(t, old.addr, text("third"))
+	if seen := ask(50); seen["new"] != 50 {
+		t.Fatalf("with a third instance listening: answers %v, want all 50 from the serving one", seen)
+	}
+}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command showcase is changeover's main demonstration, the first command of
 // the README: it builds the demo server and the changeover supervisor, runs
 // the demo under `changeover run` with clients sending requests, deploys
