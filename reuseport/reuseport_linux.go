@@ -69,6 +69,17 @@ func MigrateReq() (bool, error) {
 	return strings.TrimSpace(string(b)) == "1", nil
 }
 
+// EnableMigrateReq sets net.ipv4.tcp_migrate_req=1 in this network
+// namespace. It needs root (CAP_NET_ADMIN over the namespace); the handover
+// does not need it, it is a second line of defence (see the package doc).
+func EnableMigrateReq() error {
+	const path = "/proc/sys/net/ipv4/tcp_migrate_req"
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("reuseport: set net.ipv4.tcp_migrate_req=1 (needs root; Linux 5.14 or later): %w", err)
+	}
+	return nil
+}
+
 func withFD(l syscall.Conn, what string, f func(fd int) error) error {
 	rc, err := l.SyscallConn()
 	if err != nil {

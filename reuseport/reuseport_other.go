@@ -23,6 +23,9 @@ func Detach(l syscall.Conn) error { return notSupported("Detach") }
 // MigrateReq is Linux-only.
 func MigrateReq() (bool, error) { return false, notSupported("MigrateReq") }
 
+// EnableMigrateReq is Linux-only.
+func EnableMigrateReq() error { return notSupported("EnableMigrateReq") }
+
 // ListeningSockets is Linux-only.
 func ListeningSockets() ([]Socket, error) { return nil, notSupported("ListeningSockets") }
 

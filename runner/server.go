@@ -284,7 +284,7 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 // send everything to the next version the moment that one listens.
 // It stops when ctx is done or the drain starts.
 func (l *listener) darkWhenAlone(ctx context.Context, draining <-chan struct{}, log *slog.Logger) {
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
 		n, err := reuseport.GroupSize(l.addr)
