@@ -470,9 +470,11 @@ func netnsMain() int {
 		fmt.Fprintln(os.Stderr, "bring up lo:", err)
 		return 1
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte(os.Getenv("TEST_MIGRATE")), 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	if os.Getenv("TEST_MIGRATE") == "1" { // a new namespace starts with 0
+		if err := reuseport.EnableMigrateReq(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 	}
 	var s scenario
 	if err := json.Unmarshal([]byte(os.Getenv("TEST_SCENARIO")), &s); err != nil {
