@@ -218,7 +218,8 @@ func (s scenario) run(ctx context.Context) (res result) {
 	for _, mode := range modes {
 		mr := &modeResult{Kinds: map[string]int64{}, Gens: map[string]int64{}}
 		res.Modes[mode] = mr
-		progress[mode] = new(atomic.Int64)
+		answered := new(atomic.Int64)
+		progress[mode] = answered
 		for i := range s.Clients {
 			c := client(mode)
 			wg.Go(func() {
@@ -245,7 +246,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 					}
 					mu.Unlock()
 					if err == nil {
-						progress[mode].Add(1)
+						answered.Add(1)
 					}
 				}
 			})
