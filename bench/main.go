@@ -1,0 +1,332 @@
+// Command bench restarts the same server under each restart method while
+// clients load it over loopback, and prints what the clients saw.
+//
+//	cd bench && go run .          # full comparison
+//	cd bench && go run . -quick   # short one, < 3 minutes on 2 cores
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+var (
+	flagQuick    = flag.Bool("quick", false, "short run (under 3 minutes on 2 cores): fewer restarts, no idle-connection or /sleep runs")
+	flagClients  = flag.Int("clients", 8, "concurrent clients")
+	flagRestarts = flag.Int("restarts", 0, "restarts per run (default 10, -quick 2)")
+	flagInterval = flag.Duration("interval", 0, "time between restarts (default 3s, -quick 2s)")
+	flagMethods  = flag.String("methods", "", "comma list of methods (default all): bare,run,swap,tableflip,fdpass,naive,stopstart")
+	flagModes    = flag.String("modes", "", "comma list of load modes (default all): newconn,keepalive,post")
+	flagOut      = flag.String("out", "results", "directory for the JSON and SVG results")
+)
+
+var progressStart = time.Now()
+
+// progress prints one line to stderr.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(progressStart).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func main() {
+	flag.Parse()
+	code := 0
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				tracked.killAll()
+				panic(r)
+			}
+		}()
+		code = run()
+	}()
+	tracked.killAll()
+	os.Exit(code)
+}
+
+type report struct {
+	Date        string       `json:"date"`
+	Kernel      string       `json:"kernel"`
+	CPUs        int          `json:"cpus"`
+	MigrateReq  string       `json:"tcp_migrate_req"`
+	GoVersion   string       `json:"go_version"`
+	Quick       bool         `json:"quick"`
+	Clients     int          `json:"clients"`
+	Restarts    int          `json:"restarts"`
+	IntervalSec float64      `json:"interval_s"`
+	Changeover  string       `json:"changeover"`
+	ElapsedSec  float64      `json:"elapsed_s"`
+	Runs        []*runResult `json:"runs"`
+}
+
+func run() int {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		// A second signal ends the bench at once, still killing what it started.
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		tracked.killAll()
+		os.Exit(130)
+	}()
+
+	restarts, interval := *flagRestarts, *flagInterval
+	if restarts <= 0 {
+		restarts = 10
+		if *flagQuick {
+			restarts = 2
+		}
+	}
+	if interval <= 0 {
+		interval = 3 * time.Second
+		if *flagQuick {
+			interval = 2 * time.Second
+		}
+	}
+	if *flagClients < 1 || *flagClients > 1000 {
+		fmt.Fprintln(os.Stderr, "-clients must be 1..1000")
+		return 2
+	}
+	methods, err := pickMethods(*flagMethods)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	modes, err := pickModes(*flagModes)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if _, err := os.Stat(filepath.Join("cmd", "benchserver")); err != nil {
+		fmt.Fprintln(os.Stderr, "run the bench from its directory: cd bench && go run .")
+		return 2
+	}
+	raiseNoFile()
+
+	tmp, err := os.MkdirTemp("", "changeover-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	tracked.dir = tmp
+	bc := &benchCtx{tmp: tmp, outDir: *flagOut}
+	progress("building benchserver and changeover into %s", tmp)
+	bc.serverBin = filepath.Join(tmp, "benchserver")
+	if out, err := goBuild(".", bc.serverBin, "./cmd/benchserver"); err != nil {
+		fmt.Fprintf(os.Stderr, "build benchserver: %v\n%s", err, out)
+		return 1
+	}
+	needCO := false
+	for _, m := range methods {
+		needCO = needCO || m.needsChangeover
+	}
+	if needCO {
+		bin := filepath.Join(tmp, "changeover")
+		if out, err := goBuild("..", bin, "./cmd/changeover"); err != nil {
+			bc.changeErr = "../cmd/changeover does not build (" + firstLine(out, err) + ")"
+			progress("%s", bc.changeErr)
+		} else {
+			bc.changeover = bin
+		}
+	}
+
+	rep := &report{
+		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernel(), CPUs: runtime.NumCPU(),
+		MigrateReq: readTrim("/proc/sys/net/ipv4/tcp_migrate_req"), GoVersion: runtime.Version(),
+		Quick: *flagQuick, Clients: *flagClients, Restarts: restarts, IntervalSec: interval.Seconds(),
+		Changeover: map[bool]string{true: "built from ../cmd/changeover", false: bc.changeErr}[bc.changeover != ""],
+	}
+
+	var plan []func() *runResult
+	warm := 2 * time.Second
+	if *flagQuick {
+		warm = 1500 * time.Millisecond
+	}
+	for _, mode := range modes {
+		for _, mi := range methods {
+			sc := scenario{name: "load", mode: mode, path: "/", clients: *flagClients, timeout: 5 * time.Second,
+				warmup: warm, restarts: restarts, interval: interval, tail: max(interval, 2*time.Second)}
+			plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
+		}
+	}
+	if !*flagQuick {
+		for _, n := range []int{100, 1000, 10000} {
+			for _, mi := range methods {
+				if !mi.restart {
+					continue
+				}
+				sc := scenario{name: "idle", mode: modeKeepAlive, path: "/", clients: *flagClients, timeout: 5 * time.Second,
+					warmup: 1500 * time.Millisecond, restarts: 1, interval: 3 * time.Second, tail: 3 * time.Second, idleConns: n}
+				plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
+			}
+		}
+		for _, mi := range methods {
+			if !mi.restart {
+				continue
+			}
+			sc := scenario{name: "sleep", mode: modeKeepAlive, path: "/sleep?duration=2s", clients: *flagClients,
+				timeout: 10 * time.Second, warmup: 2500 * time.Millisecond, restarts: 1, interval: 5 * time.Second, tail: 4 * time.Second}
+			plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
+		}
+	}
+
+	for i, f := range plan {
+		if ctx.Err() != nil {
+			break
+		}
+		r := f()
+		rep.Runs = append(rep.Runs, r)
+		status := fmt.Sprintf("%d requests, %d failed", r.Requests, r.Failed)
+		if r.Error != "" {
+			status += "; " + r.Error
+		}
+		progress("[%d/%d] %s %s %s: %s", i+1, len(plan), r.Scenario, r.Mode, r.Method, status)
+	}
+	relativeToBare(rep.Runs)
+	rep.ElapsedSec = time.Since(progressStart).Seconds()
+
+	printReport(os.Stdout, rep, modes)
+
+	if err := os.MkdirAll(*flagOut, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	prefix := "full"
+	if *flagQuick {
+		prefix = "quick"
+	}
+	jb, _ := json.MarshalIndent(rep, "", "  ")
+	jpath := filepath.Join(*flagOut, prefix+".json")
+	if err := os.WriteFile(jpath, jb, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var md strings.Builder
+	printReport(&md, rep, modes)
+	mpath := filepath.Join(*flagOut, prefix+".md")
+	if err := os.WriteFile(mpath, []byte(md.String()), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	spath := filepath.Join(*flagOut, prefix+".svg")
+	if err := writePlot(spath, rep, modes); err != nil {
+		fmt.Fprintln(os.Stderr, "plot:", err)
+		return 1
+	}
+	progress("wrote %s, %s and %s (%.0fs in all)", jpath, mpath, spath, time.Since(progressStart).Seconds())
+	if ctx.Err() != nil {
+		return 130
+	}
+	return 0
+}
+
+func pickMethods(s string) ([]methodInfo, error) {
+	if s == "" {
+		return methodInfos, nil
+	}
+	var out []methodInfo
+	for _, n := range strings.Split(s, ",") {
+		mi, ok := lookupMethod(strings.TrimSpace(n))
+		if !ok {
+			return nil, fmt.Errorf("unknown method %q", n)
+		}
+		out = append(out, mi)
+	}
+	return out, nil
+}
+
+func pickModes(s string) ([]string, error) {
+	if s == "" {
+		return allModes, nil
+	}
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		n = strings.TrimSpace(n)
+		if _, ok := modeTitles[n]; !ok {
+			return nil, fmt.Errorf("unknown mode %q (newconn, keepalive, post)", n)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func goBuild(dir, out, pkg string) ([]byte, error) {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = dir
+	return cmd.CombinedOutput()
+}
+
+func firstLine(out []byte, err error) string {
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			return l
+		}
+	}
+	return err.Error()
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unavailable (" + err.Error() + ")"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "unknown"
+	}
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+// raiseNoFile raises RLIMIT_NOFILE for the bench and, by inheritance, for
+// the servers it starts (10,000 idle connections need ~10,000 fds on each side).
+func raiseNoFile() {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return
+	}
+	want := uint64(65536)
+	if l.Max < want {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
+			return
+		}
+		want = l.Max
+	}
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: l.Max})
+}
+
+func relativeToBare(runs []*runResult) {
+	bare := map[string]float64{}
+	for _, r := range runs {
+		if r.Method == "bare" && r.Scenario == "load" && r.Error == "" {
+			bare[r.Mode] = r.SteadyRPS
+		}
+	}
+	for _, r := range runs {
+		if b := bare[r.Mode]; b > 0 && r.Scenario == "load" && r.Error == "" {
+			r.RelBare = r.SteadyRPS / b
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		err  error
+		want uint8
+	}{
+		{nil, kindOK},
+		{&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, kindReset},
+		{fmt.Errorf("get: %w", io.EOF), kindEOF},
+		{io.ErrUnexpectedEOF, kindEOF},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, kindRefused},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), kindTimeout},
+		{os.ErrDeadlineExceeded, kindTimeout},
+		{fmt.Errorf("something else"), kindOther},
+	}
+	for _, c := range cases {
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %s, want %s", c.err, kindNames[got], kindNames[c.want])
+		}
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	ms := int64(time.Millisecond)
+	var ss []sample
+	// 10 s, one OK request every 10 ms with 1 ms latency ...
+	for i := int64(0); i < 1000; i++ {
+		ss = append(ss, sample{start: i * 10 * ms, lat: ms, pid: 1})
+	}
+	// ... plus a slow request and two failures near the restart at 5 s.
+	ss = append(ss, sample{start: 5000 * ms, lat: 100 * ms, pid: 2})
+	ss = append(ss, sample{start: 5001 * ms, lat: ms, kind: kindReset})
+	ss = append(ss, sample{start: 5002 * ms, lat: ms, kind: kind5xx})
+	res := &runResult{Restarts: []restartEvent{{AtSec: 5}}}
+	summarize(res, ss, 10*time.Second)
+	if res.Requests != 1003 || res.Failed != 2 || res.Failures["reset"] != 1 || res.Failures["5xx"] != 1 {
+		t.Fatalf("counts: %+v", res)
+	}
+	if res.FailedNearRestart != 2 || res.PerRestart != 2 {
+		t.Errorf("near/per restart: %d %v", res.FailedNearRestart, res.PerRestart)
+	}
+	if res.NearRestart.MaxMs != 100 || res.Steady.MaxMs != 1 {
+		t.Errorf("latency: steady %+v near %+v", res.Steady, res.NearRestart)
+	}
+	// steady: 8 s of the 10 s, 800 OK requests
+	if res.Steady.N != 800 || res.SteadyRPS < 99 || res.SteadyRPS > 101 {
+		t.Errorf("steady: n=%d rps=%v", res.Steady.N, res.SteadyRPS)
+	}
+	if len(res.Timeline) != 101 || res.Timeline[50].Failed != 2 {
+		t.Errorf("timeline: %d buckets, bucket 50 %+v", len(res.Timeline), res.Timeline[50])
+	}
+}
