@@ -21,6 +21,7 @@ import (
 	"github.com/changeover-dev/changeover/internal/control"
 	"github.com/changeover-dev/changeover/internal/reaper"
 	"github.com/changeover-dev/changeover/internal/supervisor"
+	"github.com/changeover-dev/changeover/reuseport"
 )
 
 // reapOrphans makes run a child subreaper that reaps re-parented orphans.
@@ -32,7 +33,7 @@ var reapOrphans = true
 type runOptions struct {
 	name, control, dir, envFile, pidfile, logFormat string
 	health, checks                                  listFlag
-	notify, watch                                   bool
+	notify, watch, migrateReq                       bool
 	readyTimeout, drainTimeout, watchDebounce       *time.Duration
 	backoffMin, backoffMax, crashWindow             *time.Duration
 	crashLimit                                      int
@@ -58,6 +59,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.crashWindow = durationFlag(fs, "crash-window", time.Minute, "window for --crash-limit")
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the supervisor's PID to this file")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&o.migrateReq, "tcp-migrate-req", false, "set net.ipv4.tcp_migrate_req=1 in this network namespace before starting (needs root; the handover does not need it)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -76,6 +78,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err := validProbe(p); err != nil {
 			return usagef(fs, "%v", err)
 		}
+	}
+	if o.migrateReq {
+		// Opt-in: a second line of defence for servers not built on runner.
+		if err := reuseport.EnableMigrateReq(); err != nil {
+			return fmt.Errorf("--tcp-migrate-req: %w", err)
+		}
+		log.Info("net.ipv4.tcp_migrate_req=1 set for this network namespace")
 	}
 	name := o.name
 	if name == "" {
