@@ -41,7 +41,8 @@
 //	--log-format text        or json (log/slog; keys generation, pid, duration)
 //
 // Ready means READY=1 received (unless --notify=false) and every --health
-// probe passing. With --notify=false and no --health, the probe is
+// probe passing 3 times in a row, 100 ms apart (a flapping probe never
+// makes an instance ready). With --notify=false and no --health, the probe is
 // http://{health_addr}/. With no flag at all a server built on package
 // runner (cmd/demo) just works: it sends READY=1 once it is serving and its
 // health handler passes. A --health probe aimed at a port that the old
@@ -73,7 +74,10 @@
 //
 // If the serving instance exits on its own, the exit is logged with its
 // status and the last lines of its stderr, and a new generation starts after
-// the backoff. SIGTERM or SIGINT (or `changeover stop`) drain the serving
+// the backoff. If it exits while a reload drains its predecessor (which has
+// already handed the ports over, so nothing serves them), the replacement
+// starts at once, without backoff; the crash still counts toward
+// --crash-limit. SIGTERM or SIGINT (or `changeover stop`) drain the serving
 // instance and exit 0; a second SIGTERM/SIGINT SIGKILLs at once. A stop while
 // generation 1 is still starting kills it and exits 0.
 //

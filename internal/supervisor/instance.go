@@ -359,6 +359,10 @@ func (in *Instance) allow(pid int) bool {
 	return healthcheck.InProcessGroup(in.PGID)(pid)
 }
 
+// probeSuccesses is how many passes in a row each probe needs: a probe
+// that flaps (passes, fails, passes) never makes an instance ready.
+const probeSuccesses = 3
+
 // waitReady waits for READY=1 (if notify) and every probe, up to timeout.
 func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthcheck.Probe, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -379,7 +383,7 @@ func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthch
 	if len(probes) > 0 {
 		n++
 		go func() {
-			err := healthcheck.Wait(ctx, healthcheck.Policy{Deadline: timeout}, probes...)
+			err := healthcheck.Wait(ctx, healthcheck.Policy{Deadline: timeout, Successes: probeSuccesses}, probes...)
 			if err != nil {
 				err = fmt.Errorf("probes: %w", err)
 			}

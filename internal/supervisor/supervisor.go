@@ -91,13 +91,14 @@ type Supervisor struct {
 	serving   *Instance
 	insts     []*Instance
 	last      *Result
-	reloading bool
+	reloading int           // deploys running (two when a replacement starts during a drain)
 	pending   bool          // a reload was asked for and has not started yet
 	waiters   []chan Result // callers waiting for the next reload to start
 	stopping  bool
 	crashes   []time.Time
 
 	kick      chan struct{}
+	promoted  chan struct{} // a deploy made a new instance the serving one
 	stopReq   chan struct{}
 	hurry     chan struct{}
 	stopOnce  sync.Once
@@ -114,7 +115,7 @@ func New(cfg Config) *Supervisor {
 	}
 	return &Supervisor{
 		cfg: cfg, log: cfg.Log,
-		kick: make(chan struct{}, 1), stopReq: make(chan struct{}), hurry: make(chan struct{}),
+		kick: make(chan struct{}, 1), promoted: make(chan struct{}, 1), stopReq: make(chan struct{}), hurry: make(chan struct{}),
 	}
 }
 
@@ -164,7 +165,7 @@ func (s *Supervisor) Hurry() { s.hurryOnce.Do(func() { close(s.hurry) }) }
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Status{Name: s.cfg.Name, PID: os.Getpid(), Reloading: s.reloading}
+	st := Status{Name: s.cfg.Name, PID: os.Getpid(), Reloading: s.reloading > 0}
 	if s.serving != nil {
 		st.Serving = s.serving.Gen
 	}
@@ -227,6 +228,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer opCancel()
 	var (
 		worker   chan Result
+		repl     chan Result // a replacement for an instance that crashed while worker drained its predecessor
 		restartC <-chan time.Time
 	)
 	startWorker := func() {
@@ -234,6 +236,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		w := worker
 		go func() { w <- s.deploy(opCtx) }()
 	}
+	idle := func() bool { return worker == nil && repl == nil }
 	for {
 		s.mu.Lock()
 		serving := s.serving
@@ -244,11 +247,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return s.shutdown(opCancel, worker)
+			return s.shutdown(opCancel, worker, repl)
 		case <-s.stopReq:
-			return s.shutdown(opCancel, worker)
+			return s.shutdown(opCancel, worker, repl)
+		case <-s.promoted:
+			// The serving instance changed under a running deploy: watch
+			// the new one (it may crash while its predecessor drains).
 		case <-s.kick:
-			if worker == nil {
+			if idle() {
 				startWorker()
 			}
 		case r := <-worker:
@@ -258,10 +264,28 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			noServing, pending := s.serving == nil, s.pending
 			s.mu.Unlock()
 			switch {
+			case repl != nil:
 			case noServing && !r.OK:
 				d, err := s.crashed()
 				if err != nil {
-					return s.fail(opCancel, nil, err)
+					return s.fail(opCancel, err, worker, repl)
+				}
+				restartC = time.After(d)
+			case pending:
+				startWorker()
+			}
+		case r := <-repl:
+			repl = nil
+			s.finish(r, true)
+			s.mu.Lock()
+			noServing, pending := s.serving == nil, s.pending
+			s.mu.Unlock()
+			switch {
+			case worker != nil:
+			case noServing && !r.OK:
+				d, err := s.crashed()
+				if err != nil {
+					return s.fail(opCancel, err, worker, repl)
 				}
 				restartC = time.After(d)
 			case pending:
@@ -270,9 +294,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-servingDone:
 			s.mu.Lock()
 			crashed := s.serving == serving
+			// Whether a deploy had promoted it and is retiring its
+			// predecessor, decided now: a deploy still starting its
+			// instance may promote it while we log this crash.
+			retiring := false
 			if crashed {
 				s.serving = nil
 				serving.setState(StateExited)
+				retiring = s.drainingLocked()
 			}
 			s.mu.Unlock()
 			if !crashed {
@@ -281,14 +310,25 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.saveState()
 			killGroupAndWait(serving) // leftovers of its group may hold the ports
 			serving.closeNotify()
+			d, crashErr := s.crashed()
+			if crashErr == nil && retiring && worker != nil && repl == nil {
+				// It crashed after it took over, while the running deploy
+				// drains its predecessor, which has handed the ports over:
+				// nothing serves them. Start a replacement now, no backoff
+				// (the crash still counts toward --crash-limit).
+				s.log.Warn("serving instance crashed while its predecessor drains; starting a replacement now",
+					KeyGeneration, serving.Gen, KeyPID, serving.PID)
+				repl = make(chan Result, 1)
+				r := repl
+				go func() { r <- s.deploy(opCtx) }()
+			}
 			serving.tail.settle(500 * time.Millisecond)
 			s.log.Error("serving instance exited", KeyGeneration, serving.Gen, KeyPID, serving.PID,
 				"status", serving.ExitStatus(), KeyDuration, time.Since(serving.Started).Round(time.Millisecond),
 				"stderr", serving.StderrTail())
 			s.cfg.SDNotify(fmt.Sprintf("STATUS=generation %d exited (%s); restarting", serving.Gen, serving.ExitStatus()))
-			d, err := s.crashed()
-			if err != nil {
-				return s.fail(opCancel, worker, err)
+			if crashErr != nil {
+				return s.fail(opCancel, crashErr, worker, repl)
 			}
 			if worker == nil {
 				restartC = time.After(d)
@@ -301,7 +341,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.pending = true
 			}
 			s.mu.Unlock()
-			if need && worker == nil {
+			if need && idle() {
 				s.log.Info("restarting", KeyGeneration, next)
 				startWorker()
 			}
@@ -328,10 +368,16 @@ func (s *Supervisor) crashed() (time.Duration, error) {
 	return min(d, s.cfg.BackoffMax), nil
 }
 
-func (s *Supervisor) fail(cancel context.CancelFunc, worker chan Result, err error) error {
+func (s *Supervisor) fail(cancel context.CancelFunc, err error, workers ...chan Result) error {
 	s.log.Error("giving up", KeyError, err)
-	_ = s.shutdown(cancel, worker)
+	_ = s.shutdown(cancel, workers...)
 	return err
+}
+
+// drainingLocked reports whether a deploy is retiring an instance (it
+// has promoted its new one). s.mu is held.
+func (s *Supervisor) drainingLocked() bool {
+	return slices.ContainsFunc(s.insts, func(in *Instance) bool { return in.State() == StateDraining })
 }
 
 // finish records a result and answers the waiters that were attached to it.
@@ -364,7 +410,8 @@ func (s *Supervisor) deploy(ctx context.Context) (res Result) {
 	start := time.Now()
 	s.mu.Lock()
 	waiters := s.waiters
-	s.waiters, s.pending, s.reloading = nil, false, true
+	s.waiters, s.pending = nil, false
+	s.reloading++
 	s.gen++
 	gen, old := s.gen, s.serving
 	stopping := s.stopping
@@ -375,7 +422,7 @@ func (s *Supervisor) deploy(ctx context.Context) (res Result) {
 			res.Error = res.Err.Error()
 		}
 		s.mu.Lock()
-		s.reloading = false
+		s.reloading--
 		s.mu.Unlock()
 		for _, w := range waiters {
 			w <- res
@@ -406,6 +453,10 @@ func (s *Supervisor) deploy(ctx context.Context) (res Result) {
 		old.setState(StateDraining)
 	}
 	s.mu.Unlock()
+	select {
+	case s.promoted <- struct{}{}:
+	default:
+	}
 	s.saveState()
 	s.log.Info("generation ready", KeyGeneration, gen, KeyPID, in.PID, KeyDuration, time.Since(start).Round(time.Millisecond))
 	if old != nil {
@@ -547,7 +598,7 @@ func (s *Supervisor) retire(old *Instance) {
 		"status", old.ExitStatus(), "killed", killed, KeyDuration, time.Since(start).Round(time.Millisecond))
 }
 
-func (s *Supervisor) shutdown(cancel context.CancelFunc, worker chan Result) error {
+func (s *Supervisor) shutdown(cancel context.CancelFunc, workers ...chan Result) error {
 	s.cfg.SDNotify("STOPPING=1\nSTATUS=stopping")
 	s.mu.Lock()
 	s.stopping = true
@@ -558,8 +609,10 @@ func (s *Supervisor) shutdown(cancel context.CancelFunc, worker chan Result) err
 		w <- Result{Err: ErrStopping, Error: ErrStopping.Error()}
 	}
 	cancel()
-	if worker != nil {
-		s.finish(<-worker, false)
+	for _, w := range workers {
+		if w != nil {
+			s.finish(<-w, false)
+		}
 	}
 	s.mu.Lock()
 	serving := s.serving

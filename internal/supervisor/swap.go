@@ -52,7 +52,7 @@ func parsePidfile(path string) (*pidRecord, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: read pidfile %s: %w", ErrUsage, path, err)
+		return nil, fmt.Errorf("%w: read pidfile %s: %w; nothing touched", ErrUsage, path, err)
 	}
 	f := strings.Fields(string(b))
 	bad := fmt.Errorf("%w: pidfile %s holds %q, want \"PID STARTTIME [GENERATION [HEALTH_ADDR]]\"; nothing touched", ErrUsage, path, strings.TrimSpace(string(b)))
