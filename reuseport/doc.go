@@ -38,8 +38,10 @@
 //
 // [Steer] attaches "return index N" to the group of a listener; [Dark] is
 // Steer(l, 0), which every new instance attaches right after it listens: it
-// keeps sending new connections to the oldest member (the serving instance)
-// and neutralises any program left behind by an earlier handover.
+// keeps sending new connections to member 0, which is the serving instance
+// as long as handovers are serialised (one serving member, at most one new
+// one beside it), and neutralises any program left behind by an earlier
+// handover.
 //
 // # Observing
 //

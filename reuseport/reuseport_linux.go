@@ -42,7 +42,8 @@ func Steer(l syscall.Conn, index uint32) error {
 	})
 }
 
-// Dark steers the group of l to its oldest member (index 0). A new instance
+// Dark steers the group of l to member 0 (the serving instance, when
+// handovers are serialised). A new instance
 // calls it right after it listens, so that it receives no connection until
 // the old instance hands the port over (see runner).
 func Dark(l syscall.Conn) error { return Steer(l, 0) }

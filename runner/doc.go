@@ -12,7 +12,8 @@
 // the old instance, requests in flight finish, keep-alive connections close
 // cleanly after a response that carries "Connection: close" (HTTP/2: GOAWAY),
 // and every new connection goes to the new instance. This holds on Linux 4.6
-// and later without any privilege or sysctl; with net.ipv4.tcp_migrate_req=1
+// and later (classic BPF reuseport programs; tested on 6.18) without any
+// privilege or sysctl; with net.ipv4.tcp_migrate_req=1
 // (Linux 5.14 and later) the kernel migrates queued connections as well, as a
 // second line of defence. It holds within the drain deadline: what is still
 // running at the deadline is cut, and the log says how many connections were.
@@ -37,11 +38,22 @@
 //     itself; alone on the address, it closes the listener at once;
 //  3. waits for Serve to return, so that every accepted connection is known;
 //  4. waits until its connections are gone or KeepAliveWindow has passed:
-//     each keep-alive connection closes after its next response;
+//     each keep-alive connection closes after its next response; then, until
+//     the deadline, until no connection is left that was accepted but has
+//     not sent its request yet (Shutdown would close it without a response
+//     once that request arrives);
 //  5. calls [http.Server.Shutdown], which closes the connections that stayed
 //     idle for the whole window and waits for the active ones, until the
 //     drain deadline; then [http.Server.Close] cuts what is left, and the cut
 //     connections are counted in the log.
+//
+// An instance that is stopped while it is still dark (a newer member of the
+// group, before the older one handed over) steers nothing: it got no
+// connection, so it closes its listener and drains as above.
+//
+// Listeners that actors added with [Runner.Add] serve are steered and their
+// queues waited for in step 2 before the actors' interrupt is called; the
+// actors then close them and drain themselves, with no deadline from Run.
 //
 // The drain deadline is the smaller of Options.DrainTimeout and
 // CHANGEOVER_DRAIN_TIMEOUT, else 30 s; the instance finishes a little before
@@ -56,8 +68,11 @@
 // Not covered: a connection idle during the whole KeepAliveWindow is closed at
 // its end, and a request sent at that very instant races with the close, as
 // with any HTTP/1.1 server (Go's client retries idempotent requests);
-// hijacked connections (WebSocket, SSE) are not tracked and are cut at the
-// deadline like the rest; UDP and unix-socket listeners are not handed over.
+// hijacked connections (WebSocket) are not tracked: the drain does not wait
+// for them, and they end with the process, which can be as soon as the
+// tracked connections are done (a streaming response that is not hijacked,
+// such as SSE, is an active connection: the drain waits for it until the
+// deadline); UDP and unix-socket listeners are not handed over.
 //
 // # Readiness
 //

@@ -75,8 +75,9 @@ type Runner struct {
 	servers   []*httpServer
 	actors    []actor
 
-	ready    chan struct{}
-	draining chan struct{}
+	ready      chan struct{}
+	draining   chan struct{}
+	healthAddr string // where Health is served, once Run has bound it
 }
 
 type actor struct {
@@ -114,7 +115,8 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 }
 
 // Ready is closed once READY=1 has been sent: every server is serving and
-// the health handler passes.
+// the health handler passes. It is never closed if Run's context is done
+// before that.
 func (r *Runner) Ready() <-chan struct{} { return r.ready }
 
 // Draining is closed when the drain starts.
@@ -136,6 +138,9 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		return nil, fmt.Errorf("runner: parse listener address %s: %w", tl.Addr(), err)
 	}
 	ln := &listener{TCPListener: tl, addr: ap, steer: true}
+	if err := ln.findOlder(); err != nil {
+		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
+	}
 	if err := reuseport.Dark(tl); err != nil {
 		// Not fatal: the handover falls back to what the kernel offers.
 		ln.steer = false
@@ -155,20 +160,44 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 func (r *Runner) ServeHTTP(srv *http.Server, ln net.Listener) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	l := r.lookupLocked(ln)
+	if l == nil {
+		r.log.Warn("listener not from Runner.Listen: it gets no handover", "addr", ln.Addr().String())
+	} else {
+		l.owned = true
+	}
 	for _, s := range r.servers {
 		if s.srv == srv {
-			s.addListener(r.listeners[ln], ln)
+			s.addListener(l, ln)
 			return
 		}
 	}
 	s := &httpServer{srv: srv, log: r.log, conns: map[net.Conn]http.ConnState{}}
-	s.addListener(r.listeners[ln], ln)
+	s.addListener(l, ln)
 	r.servers = append(r.servers, s)
+}
+
+// lookupLocked finds the listener that ln is or wraps (tls.NewListener and
+// the like keep the address).
+func (r *Runner) lookupLocked(ln net.Listener) *listener {
+	if l, ok := r.listeners[ln]; ok {
+		return l
+	}
+	for _, l := range r.listeners {
+		if l.Addr().String() == ln.Addr().String() {
+			return l
+		}
+	}
+	return nil
 }
 
 // Add registers another server as an actor, as in github.com/oklog/run:
 // execute runs until interrupt is called (for gRPC: Serve and
-// GracefulStop). interrupt is called when the drain starts.
+// GracefulStop). When the drain starts, every listener from Listen that no
+// ServeHTTP serves is handed over first (steered to the new instance, its
+// queue and half-open connections left to the actor to accept), then
+// interrupt is called; the actor closes its listener and drains itself. Run
+// waits for execute to return, without a deadline of its own.
 func (r *Runner) Add(execute func() error, interrupt func(error)) {
 	r.mu.Lock()
 	r.actors = append(r.actors, actor{execute, interrupt})
@@ -207,6 +236,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("runner: listen on health address %s: %w", r.opts.HealthAddr, err)
 		}
+		r.healthAddr = hl.Addr().String() // with the port, if it was :0
 		health = &http.Server{Handler: r.opts.Health, ReadHeaderTimeout: 5 * time.Second}
 		g.Add(func() error {
 			if err := health.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
@@ -237,13 +267,22 @@ func (r *Runner) Run(ctx context.Context) error {
 	for _, s := range servers {
 		s.prepare()
 		g.Add(func() error {
-			err := s.serve()
+			if err := s.serve(); err != nil {
+				return err // the group interrupts everyone, and so drains
+			}
 			<-drainDone
-			return err
+			return nil
 		}, func(error) { drain() })
 	}
+	var handOnce sync.Once
+	handActors := func() {
+		handOnce.Do(func() { r.handOffUnowned(drainTimeout) })
+	}
 	for _, a := range actors {
-		g.Add(a.execute, a.interrupt)
+		g.Add(a.execute, func(err error) {
+			handActors()
+			a.interrupt(err)
+		})
 	}
 	if len(servers) == 0 {
 		// Nothing of ours to drain; still close health when stopping.
@@ -253,6 +292,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	readyCtx, cancelReady := context.WithCancel(ctx)
 	defer cancelReady()
 	go r.announce(readyCtx)
+	r.mu.Lock()
+	for _, l := range r.listeners {
+		if l.steer && len(l.older) > 0 {
+			go l.watchOlder(readyCtx, r.draining, r.log)
+		}
+	}
+	r.mu.Unlock()
 
 	err = g.Run()
 	cancelReady()
@@ -278,8 +324,7 @@ func (r *Runner) drainTimeout() (time.Duration, error) {
 	return d, nil
 }
 
-// announce sends READY=1 once the health handler passes, and then watches
-// for the old instance to leave each address.
+// announce sends READY=1 once the health handler passes.
 func (r *Runner) announce(ctx context.Context) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -297,25 +342,13 @@ func (r *Runner) announce(ctx context.Context) {
 	}
 	notify(daemon.SdNotifyReady)
 	close(r.ready)
-	r.log.Info("ready", "pid", os.Getpid(), "health_addr", r.opts.HealthAddr)
-
-	r.mu.Lock()
-	var lns []*listener
-	for _, l := range r.listeners {
-		lns = append(lns, l)
-	}
-	r.mu.Unlock()
-	for _, l := range lns {
-		if l.steer {
-			go l.darkWhenAlone(ctx, r.draining, r.log)
-		}
-	}
+	r.log.Info("ready", "pid", os.Getpid(), "health_addr", r.healthAddr)
 }
 
 // checkHealth asks the health handler once: over HealthAddr if there is
 // one (which proves it is served), else in-process.
 func (r *Runner) checkHealth(ctx context.Context) error {
-	if r.opts.HealthAddr == "" {
+	if r.healthAddr == "" {
 		rec := &statusRecorder{header: http.Header{}}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
 		r.opts.Health.ServeHTTP(rec, req)
@@ -326,7 +359,7 @@ func (r *Runner) checkHealth(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.opts.HealthAddr+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.healthAddr+"/", nil)
 	if err != nil {
 		return err
 	}
@@ -338,9 +371,29 @@ func (r *Runner) checkHealth(ctx context.Context) error {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("health handler at %s answered %s", r.opts.HealthAddr, resp.Status)
+		return fmt.Errorf("health handler at %s answered %s", r.healthAddr, resp.Status)
 	}
 	return nil
+}
+
+// handOffUnowned steers the listeners that actors serve (those not given to
+// ServeHTTP) to the new instance and waits until their queues are quiet;
+// the actors accept meanwhile and close the listeners themselves.
+func (r *Runner) handOffUnowned(timeout time.Duration) {
+	deadline := time.Now().Add(timeout - min(timeout/10, 500*time.Millisecond))
+	r.mu.Lock()
+	var lns []*listener
+	for _, l := range r.listeners {
+		if !l.owned {
+			lns = append(lns, l)
+		}
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range lns {
+		wg.Go(func() { l.steerAway(deadline, r.log) })
+	}
+	wg.Wait()
 }
 
 // drain hands over every server's listeners and shuts the servers down.

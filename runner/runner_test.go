@@ -64,6 +64,7 @@ func (f *fakeNotify) expect(t *testing.T, want string) {
 // started is a Runner serving h on a fresh loopback port.
 type started struct {
 	r    *runner.Runner
+	ln   net.Listener
 	addr string
 	stop context.CancelFunc
 	done chan error
@@ -81,7 +82,7 @@ func start(t *testing.T, opts runner.Options, h http.Handler) *started {
 		t.Fatal(err)
 	}
 	r.ServeHTTP(&http.Server{Handler: h}, ln)
-	s := &started{r: r, addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
+	s := &started{r: r, ln: ln, addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
 	go func() { s.done <- r.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-s.done })
 	select {
@@ -188,12 +189,13 @@ func TestNotReadyWhileHealthFails(t *testing.T) {
 
 func TestInFlightRequestFinishes(t *testing.T) {
 	entered := make(chan struct{})
+	var s *started
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		close(entered)
-		time.Sleep(300 * time.Millisecond)
+		<-s.r.Draining() // still in flight when the drain starts
 		io.WriteString(w, "finished")
 	})
-	s := start(t, runner.Options{}, h)
+	s = start(t, runner.Options{}, h)
 	got := make(chan string, 1)
 	go func() {
 		resp, err := http.Post("http://"+s.addr+"/", "text/plain", strings.NewReader("body"))
@@ -285,6 +287,28 @@ func TestDrainDeadlineCutsAndCounts(t *testing.T) {
 	}
 }
 
+// TestServeFailureEndsRun: a server whose Serve fails (here its listener
+// is closed under it) makes Run return that error instead of hanging.
+func TestServeFailureEndsRun(t *testing.T) {
+	r := runner.New(runner.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ln, err := r.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ServeHTTP(&http.Server{Handler: text("x")}, ln)
+	ln.Close()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) {
+			t.Fatalf("Run = %v, want the Serve error naming %s", err, ln.Addr())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after Serve failed")
+	}
+}
+
 func TestBadDrainTimeoutEnv(t *testing.T) {
 	t.Setenv(runner.EnvDrainTimeout, "banana")
 	r := runner.New(runner.Options{})
@@ -301,7 +325,11 @@ func TestActorInterruptedOnStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	<-r.Ready()
+	select {
+	case <-r.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready in 10s")
+	}
 	cancel()
 	select {
 	case err := <-done:

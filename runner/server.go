@@ -13,6 +13,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/changeover-dev/changeover/reuseport"
@@ -26,6 +27,42 @@ type listener struct {
 	*net.TCPListener
 	addr  netip.AddrPort
 	steer bool // the group has our steering program
+	owned bool // served by ServeHTTP (else by an actor)
+
+	// older holds the inodes of the members that were in the group when we
+	// joined. While one of them is there, we are not member 0 and the
+	// group's connections are not ours to steer. leader says we are member
+	// 0: we were alone, or every older member has left.
+	older  map[uint64]bool
+	leader atomic.Bool
+}
+
+// findOlder records the members already in the group.
+func (l *listener) findOlder() error {
+	socks, err := reuseport.ListeningSockets()
+	if err != nil {
+		return err
+	}
+	var st syscall.Stat_t
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	l.older = map[uint64]bool{}
+	for _, s := range socks {
+		if s.Addr == l.addr && s.Inode != st.Ino {
+			l.older[s.Inode] = true
+		}
+	}
+	l.leader.Store(len(l.older) == 0)
+	return nil
 }
 
 // served is one listener of an http.Server; l is nil for a listener that
@@ -54,6 +91,7 @@ func (s *httpServer) addListener(l *listener, raw net.Listener) {
 
 // prepare wraps the server's handler and ConnState hook.
 func (s *httpServer) prepare() {
+	s.serving.Add(len(s.lns)) // before any drain can wait on it
 	h := s.srv.Handler
 	if h == nil {
 		h = http.DefaultServeMux
@@ -139,7 +177,6 @@ func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 func (s *httpServer) serve() error {
 	errc := make(chan error, len(s.lns))
 	for _, ln := range s.lns {
-		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
 			err := s.srv.Serve(ln.raw)
@@ -160,16 +197,20 @@ func (s *httpServer) serve() error {
 	return nil
 }
 
-// count returns the number of open connections and of active ones.
-func (s *httpServer) count() (open, active int) {
+// count returns the number of open connections, of active ones, and of
+// new ones (accepted, no request read yet).
+func (s *httpServer) count() (open, active, fresh int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, st := range s.conns {
-		if st == http.StateActive {
+		switch st {
+		case http.StateActive:
 			active++
+		case http.StateNew:
+			fresh++
 		}
 	}
-	return len(s.conns), active
+	return len(s.conns), active, fresh
 }
 
 // drain runs steps 1 to 5 of the package doc for this server.
@@ -189,22 +230,33 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 		end = deadline
 	}
 	for {
-		open, _ := s.count()
+		open, _, _ := s.count()
 		if open == 0 || !time.Now().Before(end) {
 			break
 		}
 		time.Sleep(pollInterval)
 	}
-	open, _ := s.count()
+	// Shutdown must not see a new connection: a request read from one after
+	// Shutdown has started is closed without a response (conn.serve checks
+	// shuttingDown() right after reading it). So wait, until the deadline,
+	// for each new connection to carry its request (and Connection: close).
+	for {
+		_, _, fresh := s.count()
+		if fresh == 0 || !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(pollInterval)
+	}
+	open, _, _ := s.count()
 
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
 	if err == nil {
-		s.log.Info("drained", "pid", os.Getpid(), "duration", time.Since(start), "closed_idle", open)
+		s.log.Info("drained", "pid", os.Getpid(), "duration", time.Since(start), "left_for_shutdown", open)
 		return nil
 	}
-	_, active := s.count()
+	_, active, _ := s.count()
 	s.srv.Close()
 	s.log.Warn("drain deadline passed: cut connections", "pid", os.Getpid(),
 		"duration", time.Since(start), "cut", active)
@@ -214,30 +266,46 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 // handoff makes sure no connection waiting on ln is lost, then closes it.
 func (s *httpServer) handoff(ln served, deadline time.Time) {
 	defer ln.raw.Close()
-	l := ln.l
-	if l == nil || !l.steer {
+	if ln.l != nil {
+		ln.l.steerAway(deadline, s.log)
+	}
+}
+
+// steerAway, if this instance is member 0 of a group with a newer member,
+// steers the group's new connections to member 1 and waits until l's queue
+// and the connections half-open on it are gone (Serve or the actor keeps
+// accepting meanwhile). Alone, or dark (a newer member that never got a
+// connection, stopping before it took over), there is nothing to hand over.
+func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
+	if !l.steer {
 		return // the kernel path: tcp_migrate_req=1 moves the queue, or nothing does
 	}
 	n, err := reuseport.GroupSize(l.addr)
 	if err != nil {
-		s.log.Warn("cannot see the reuseport group; closing at once", "addr", l.addr, "err", err)
+		log.Warn("cannot see the reuseport group; closing at once", "addr", l.addr, "err", err)
 		return
 	}
 	if n < 2 {
 		return // alone: there is nobody to hand over to
 	}
-	// We joined first, so we are member 0 and the new instance member 1.
+	if !l.leader.Load() {
+		if gone, err := l.olderGone(); err != nil || !gone {
+			log.Info("stopping while dark: the older instance still has the address", "addr", l.addr)
+			return
+		}
+		l.leader.Store(true) // it left a moment ago
+	}
 	if err := reuseport.Steer(l, 1); err != nil {
-		s.log.Warn("cannot steer to the new instance; closing at once", "addr", l.addr, "err", err)
+		log.Warn("cannot steer to the new instance; closing at once", "addr", l.addr, "err", err)
 		return
 	}
 	start := time.Now()
 	queued, halfOpen := waitQuiet(l, deadline)
 	if queued+halfOpen > 0 {
-		s.log.Warn("drain deadline passed before the listener was quiet", "addr", l.addr,
+		log.Warn("drain deadline passed before the listener was quiet", "addr", l.addr,
 			"queued", queued, "half_open", halfOpen)
 	}
-	s.log.Info("handed over", "addr", l.addr, "pid", os.Getpid(), "duration", time.Since(start))
+	log.Info("handed over", "addr", l.addr, "pid", os.Getpid(), "duration", time.Since(start))
 }
 
 // waitQuiet waits until l's accept queue is empty and none of the
@@ -279,23 +347,41 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 	return 0, 0
 }
 
-// darkWhenAlone waits until the old instance has left l's address, then
-// attaches "return 0" again: the "return 1" it left behind would otherwise
-// send everything to the next version the moment that one listens.
-// It stops when ctx is done or the drain starts.
-func (l *listener) darkWhenAlone(ctx context.Context, draining <-chan struct{}, log *slog.Logger) {
+// olderGone reports whether every member that was in the group when we
+// joined has left.
+func (l *listener) olderGone() (bool, error) {
+	socks, err := reuseport.ListeningSockets()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range socks {
+		if l.older[s.Inode] && s.Addr == l.addr {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// watchOlder waits until every member that was in the group when we joined
+// has left: we are member 0 then, so we attach "return 0" again (the
+// "return 1" that the old instance left behind would otherwise send
+// everything to the next version the moment that one listens) and may steer
+// the group ourselves at our own drain. It stops when ctx is done or the
+// drain starts.
+func (l *listener) watchOlder(ctx context.Context, draining <-chan struct{}, log *slog.Logger) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
-		n, err := reuseport.GroupSize(l.addr)
+		gone, err := l.olderGone()
 		if err != nil {
 			log.Warn("cannot watch the reuseport group", "addr", l.addr, "err", err)
 			return
 		}
-		if n <= 1 {
+		if gone {
 			if err := reuseport.Dark(l); err != nil {
 				log.Warn("cannot reset reuseport steering", "addr", l.addr, "err", err)
 			}
+			l.leader.Store(true)
 			return
 		}
 		select {
