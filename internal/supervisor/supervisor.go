@@ -237,6 +237,27 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		go func() { w <- s.deploy(opCtx) }()
 	}
 	idle := func() bool { return worker == nil && repl == nil }
+	// settle follows the end of a deploy (the worker's or a replacement's):
+	// once neither runs, restart after a failure with nothing serving, or
+	// start the reload that was asked for meanwhile.
+	settle := func(r Result) error {
+		s.finish(r, true)
+		s.mu.Lock()
+		noServing, pending := s.serving == nil, s.pending
+		s.mu.Unlock()
+		switch {
+		case !idle():
+		case noServing && !r.OK:
+			d, err := s.crashed()
+			if err != nil {
+				return s.fail(opCancel, err, worker, repl)
+			}
+			restartC = time.After(d)
+		case pending:
+			startWorker()
+		}
+		return nil
+	}
 	for {
 		s.mu.Lock()
 		serving := s.serving
@@ -259,37 +280,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 		case r := <-worker:
 			worker = nil
-			s.finish(r, true)
-			s.mu.Lock()
-			noServing, pending := s.serving == nil, s.pending
-			s.mu.Unlock()
-			switch {
-			case repl != nil:
-			case noServing && !r.OK:
-				d, err := s.crashed()
-				if err != nil {
-					return s.fail(opCancel, err, worker, repl)
-				}
-				restartC = time.After(d)
-			case pending:
-				startWorker()
+			if err := settle(r); err != nil {
+				return err
 			}
 		case r := <-repl:
 			repl = nil
-			s.finish(r, true)
-			s.mu.Lock()
-			noServing, pending := s.serving == nil, s.pending
-			s.mu.Unlock()
-			switch {
-			case worker != nil:
-			case noServing && !r.OK:
-				d, err := s.crashed()
-				if err != nil {
-					return s.fail(opCancel, err, worker, repl)
-				}
-				restartC = time.After(d)
-			case pending:
-				startWorker()
+			if err := settle(r); err != nil {
+				return err
 			}
 		case <-servingDone:
 			s.mu.Lock()
