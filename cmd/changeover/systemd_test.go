@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -103,5 +104,46 @@ func TestSystemdNotify(t *testing.T) {
 		if strings.Contains(m, "serving 1") || strings.Contains(m, "serving 2") {
 			t.Errorf("an instance's message reached the supervisor's systemd socket: %q", m)
 		}
+	}
+}
+
+// TestSystemdReloadDuringBackoff: a reload asked for while nothing serves
+// (the serving instance crashed and its restart waits out the backoff) is
+// still announced with RELOADING=1, which Type=notify-reload waits for after
+// its SIGHUP.
+func TestSystemdReloadDuringBackoff(t *testing.T) {
+	sd := newFakeSystemd(t)
+	e := newEnv(t)
+	p := e.startInProcess("--restart-backoff", "1m")
+	st := e.waitServing(p, 1)
+	var pgid int
+	for _, g := range st.Generations {
+		if g.Generation == 1 {
+			pgid = g.PGID
+		}
+	}
+	if pgid == 0 {
+		t.Fatalf("no generation 1 in %+v", st)
+	}
+	ready := -1
+	waitFor(t, 5*time.Second, "READY=1", func() bool { ready = sd.index(0, "READY=1"); return ready >= 0 })
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	waitFor(t, 5*time.Second, "the crash to be seen", func() bool {
+		st, err := e.status()
+		return err == nil && st.Serving == 0
+	})
+	if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
+		t.Fatalf("reload during the backoff: %d %s", code, stderr)
+	}
+	reloading := sd.index(ready+1, "RELOADING=1", "MONOTONIC_USEC=")
+	if reloading < 0 {
+		t.Fatalf("no RELOADING=1 for the reload during the backoff: %q", sd.all())
+	}
+	waitFor(t, 5*time.Second, "READY=1 after it", func() bool { return sd.index(reloading+1, "READY=1") >= 0 })
+	if code, _, _ := cli("stop", "--control", e.sock); code != 0 {
+		t.Fatal("stop failed")
+	}
+	if err := p.wait(t, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -103,6 +104,7 @@ type Supervisor struct {
 	hurry     chan struct{}
 	stopOnce  sync.Once
 	hurryOnce sync.Once
+	readySent atomic.Bool // READY=1 went to systemd: later deploys are reloads
 }
 
 // New returns a Supervisor; call Run.
@@ -398,6 +400,7 @@ func (s *Supervisor) sdStatus() string {
 
 func (s *Supervisor) sdReady() {
 	s.cfg.SDNotify(fmt.Sprintf("READY=1\nMAINPID=%d\n%s", os.Getpid(), s.sdStatus()))
+	s.readySent.Store(true)
 }
 
 // deploy starts the next generation, waits until it is ready, promotes it
@@ -428,10 +431,15 @@ func (s *Supervisor) deploy(ctx context.Context) (res Result) {
 	if stopping {
 		return Result{Err: ErrStopping}
 	}
-	if old != nil {
+	if s.readySent.Load() {
+		// Every deploy after the first READY=1 is a reload to systemd,
+		// also one that a SIGHUP asked for while nothing served (a crash
+		// restart's backoff): Type=notify-reload waits for this message.
 		var ts unix.Timespec
 		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 		s.cfg.SDNotify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=starting generation %d", ts.Nano()/1000, gen))
+	}
+	if old != nil {
 		s.log.Info("reload started", KeyGeneration, gen, "old_generation", old.Gen, "old_pid", old.PID)
 	}
 	in, err := s.startReady(ctx, gen, old)
