@@ -39,6 +39,8 @@
 //	--crash-window 1m
 //	--pidfile F              the supervisor's own PID
 //	--log-format text        or json (log/slog; keys generation, pid, duration)
+//	--tcp-migrate-req        false: set net.ipv4.tcp_migrate_req=1 for the network namespace first
+//	                         (needs root; a second line of defence, the handover does not need it)
 //
 // Ready means READY=1 received (unless --notify=false) and every --health
 // probe passing 3 times in a row, 100 ms apart (a flapping probe never
