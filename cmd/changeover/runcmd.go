@@ -19,6 +19,7 @@ import (
 
 	"github.com/changeover-dev/changeover/healthcheck"
 	"github.com/changeover-dev/changeover/internal/control"
+	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/internal/reaper"
 	"github.com/changeover-dev/changeover/internal/supervisor"
 	"github.com/changeover-dev/changeover/reuseport"
@@ -78,6 +79,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err := validProbe(p); err != nil {
 			return usagef(fs, "%v", err)
 		}
+	}
+	if err := proc.CheckOwnNamespace(); err != nil {
+		return err
 	}
 	if o.migrateReq {
 		// Opt-in: a second line of defence for servers not built on runner.

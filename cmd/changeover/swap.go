@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/internal/supervisor"
 )
 
@@ -46,6 +47,9 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err := validProbe(p); err != nil {
 			return usagef(fs, "%v", err)
 		}
+	}
+	if err := proc.CheckOwnNamespace(); err != nil {
+		return err
 	}
 	res, err := supervisor.Swap(ctx, supervisor.SwapConfig{
 		Pidfile: *pidfile, LogFile: *logFile,

@@ -58,7 +58,10 @@ func DefaultPath(name string) string { return filepath.Join(DefaultDir(), name+"
 type Server struct {
 	path string
 	ln   *net.UnixListener
-	wg   sync.WaitGroup
+
+	mu     sync.Mutex // orders wg.Add in Serve before wg.Wait in Close
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // Listen creates the socket at path. The directory is created 0700 if
@@ -120,7 +123,14 @@ func (s *Server) Serve(ctx context.Context, h Handler) error {
 			}
 			return fmt.Errorf("accept on %s: %w", s.path, err)
 		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			defer c.Close()
@@ -173,6 +183,9 @@ func peerCred(c *net.UnixConn) (Peer, error) {
 
 // Close stops listening, removes the socket and waits for open requests.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	err := s.ln.Close()
 	s.wg.Wait()
 	return err

@@ -17,6 +17,9 @@ func TestListenCallAndStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Leave a stale socket file behind at Close, as a killed supervisor
+	// does. (Set before Serve runs: it is not safe beside Accept.)
+	srv.ln.SetUnlinkOnClose(false)
 	done := make(chan error, 1)
 	go func() {
 		done <- srv.Serve(context.Background(), func(_ context.Context, p Peer, r Request) Response {
@@ -38,7 +41,6 @@ func TestListenCallAndStale(t *testing.T) {
 	if found, err := FindOnly(filepath.Dir(path)); err != nil || found != path {
 		t.Errorf("FindOnly = %q, %v", found, err)
 	}
-	srv.ln.SetUnlinkOnClose(false) // leave a stale socket file behind
 	srv.Close()
 	if err := <-done; err != nil {
 		t.Errorf("Serve: %v", err)

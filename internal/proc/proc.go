@@ -180,3 +180,21 @@ func SocketInodes(pid int) map[uint64]bool {
 	}
 	return out
 }
+
+// CheckOwnNamespace fails unless /proc shows this process's own PID
+// namespace. Every reader here (process groups, start times, zombie
+// children, sockets) relies on it; a PID namespace made without mounting
+// its own proc (unshare --pid --fork without --mount-proc) shows the host's
+// PIDs, and the supervisor would reap, wait for and compare the wrong
+// processes.
+func CheckOwnNamespace() error {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return fmt.Errorf("read /proc/self/stat: %w", err)
+	}
+	pid, _, _ := strings.Cut(string(b), " ")
+	if pid != strconv.Itoa(os.Getpid()) {
+		return fmt.Errorf("/proc belongs to another PID namespace (it calls this process %s, the process itself %d): mount a proc for this namespace, for example unshare --pid --fork --mount-proc", pid, os.Getpid())
+	}
+	return nil
+}
