@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -197,11 +198,22 @@ func notHealthy(parent, ctx context.Context, p Policy, probes []Probe, passes []
 	return e
 }
 
-// FreeLoopbackAddr returns a 127.0.0.1:PORT that was free a moment ago: it
-// binds 127.0.0.1:0, reads the port the kernel chose and closes the listener.
-// Another process may take the port before the caller binds it.
+// FreeLoopbackAddr returns a loopback HOST:PORT that was free a moment ago:
+// it binds port 0 of a random address of 127.0.0.0/8 (else of 127.0.0.1),
+// reads the port the kernel chose and closes the listener. Another process
+// could take it before the caller binds it; on a random address of 127/8
+// that is unlikely.
 func FreeLoopbackAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// A random address of 127.0.0.0/8 rather than 127.0.0.1: the port is
+	// free when we look, and the instance binds it a moment later; other
+	// processes take ephemeral ports on 127.0.0.1 all the time, hardly ever
+	// on 127.83.17.201. Where the kernel does not route all of 127/8 to
+	// loopback, 127.0.0.1 it is.
+	ip := fmt.Sprintf("127.%d.%d.%d", rand.IntN(254)+1, rand.IntN(256), rand.IntN(254)+1)
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+	}
 	if err != nil {
 		return "", fmt.Errorf("healthcheck: find a free loopback port: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,9 +236,9 @@ func TestFreeLoopbackAddr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host != "127.0.0.1" || port == "0" || port == "" {
-		t.Fatalf("FreeLoopbackAddr() = %q, want 127.0.0.1:PORT", addr)
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().IsLoopback() || ap.Port() == 0 {
+		t.Fatalf("FreeLoopbackAddr() = %q, want a loopback HOST:PORT", addr)
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

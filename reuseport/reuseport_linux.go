@@ -81,6 +81,20 @@ func EnableMigrateReq() error {
 	return nil
 }
 
+// Inode returns the socket inode of l, as ListeningSockets reports it.
+func Inode(l syscall.Conn) (uint64, error) {
+	var ino uint64
+	err := withFD(l, "fstat", func(fd int) error {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return err
+		}
+		ino = st.Ino
+		return nil
+	})
+	return ino, err
+}
+
 func withFD(l syscall.Conn, what string, f func(fd int) error) error {
 	rc, err := l.SyscallConn()
 	if err != nil {

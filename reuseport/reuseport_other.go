@@ -26,6 +26,9 @@ func MigrateReq() (bool, error) { return false, notSupported("MigrateReq") }
 // EnableMigrateReq is Linux-only.
 func EnableMigrateReq() error { return notSupported("EnableMigrateReq") }
 
+// Inode is Linux-only.
+func Inode(l syscall.Conn) (uint64, error) { return 0, notSupported("Inode") }
+
 // ListeningSockets is Linux-only.
 func ListeningSockets() ([]Socket, error) { return nil, notSupported("ListeningSockets") }
 

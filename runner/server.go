@@ -13,7 +13,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/changeover-dev/changeover/reuseport"
@@ -43,21 +42,13 @@ func (l *listener) findOlder() error {
 	if err != nil {
 		return err
 	}
-	var st syscall.Stat_t
-	rc, err := l.SyscallConn()
+	own, err := reuseport.Inode(l)
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil {
-		return err
-	}
-	if serr != nil {
-		return serr
-	}
 	l.older = map[uint64]bool{}
 	for _, s := range socks {
-		if s.Addr == l.addr && s.Inode != st.Ino {
+		if s.Addr == l.addr && s.Inode != own {
 			l.older[s.Inode] = true
 		}
 	}

@@ -55,7 +55,7 @@
 //
 // Every instance gets NOTIFY_SOCKET (its own unixgram socket beside the
 // control socket, accepting datagrams only from the instance's process
-// group), CHANGEOVER_HEALTH_ADDR (a free 127.0.0.1 port only it serves),
+// group), CHANGEOVER_HEALTH_ADDR (a free port of a random 127/8 address, only it serves),
 // CHANGEOVER_DRAIN_TIMEOUT and CHANGEOVER_GENERATION. The supervisor's own
 // NOTIFY_SOCKET (from systemd) is never passed on. Instances start in their
 // own process group and are signalled and killed by group.

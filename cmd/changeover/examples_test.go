@@ -1221,8 +1221,8 @@ func exCheckStatusText(t *testing.T, text string, pid int) {
 	want := []*regexp.Regexp{
 		regexp.MustCompile(fmt.Sprintf(`^supervisor demo pid %d: generation 2 serving$`, pid)),
 		regexp.MustCompile(`^GENERATION +PID +STATE +STARTED +HEALTH +EXIT$`),
-		regexp.MustCompile(`^1 +\d+ +exited +` + exTimeRE.String() + ` +127\.0\.0\.1:\d+ +\S.*$`),
-		regexp.MustCompile(`^2 +\d+ +serving +` + exTimeRE.String() + ` +127\.0\.0\.1:\d+ +-$`),
+		regexp.MustCompile(`^1 +\d+ +exited +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +\S.*$`),
+		regexp.MustCompile(`^2 +\d+ +serving +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +-$`),
 		regexp.MustCompile(`^last reload: generation 2 at ` + exTimeRE.String() + `, \S+: ok$`),
 	}
 	if len(lines) != len(want) {
@@ -1249,7 +1249,7 @@ func exCheckStatusJSON(t *testing.T, js string, pid int) {
 	for i, g := range st.Generations {
 		want := []string{"exited", "serving"}[i]
 		if g.Generation != i+1 || g.State != want || g.PID <= 0 || g.PGID != g.PID || g.Started.IsZero() ||
-			!strings.HasPrefix(g.HealthAddr, "127.0.0.1:") {
+			!strings.HasPrefix(g.HealthAddr, "127.") {
 			t.Errorf("generation %d: %+v, want %s", i+1, g, want)
 		}
 		if wantPath := fmt.Sprintf("/srv/demo/releases/v%d/demo", i+1); g.Path != wantPath {
