@@ -247,11 +247,12 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 		s.log.Info("drained", "pid", os.Getpid(), "duration", time.Since(start), "left_for_shutdown", open)
 		return nil
 	}
-	_, active, _ := s.count()
+	_, active, fresh := s.count()
 	s.srv.Close()
 	s.log.Warn("drain deadline passed: cut connections", "pid", os.Getpid(),
-		"duration", time.Since(start), "cut", active)
-	return fmt.Errorf("%w: cut %d active connections", ErrDrainTimeout, active)
+		"duration", time.Since(start), "cut", active, "cut_before_request", fresh)
+	return fmt.Errorf("%w: cut %d active connections and %d that had not sent a request yet",
+		ErrDrainTimeout, active, fresh)
 }
 
 // handoff makes sure no connection waiting on ln is lost, then closes it.
