@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	libp2p "github.com/libp2p/go-reuseport"
@@ -96,5 +97,9 @@ func explain(network, address string, err error) error {
 	if !errors.Is(err, syscall.EADDRINUSE) {
 		return fmt.Errorf("reuseport: listen %s %s: %w", network, address, err)
 	}
-	return &AddrInUseError{Network: network, Addr: address, Reason: holder(address), Err: err}
+	reason := "a UDP socket without SO_REUSEPORT, or one of another effective uid, holds the port"
+	if !strings.HasPrefix(network, "udp") {
+		reason = holder(address) // the listening sockets are visible through sock_diag
+	}
+	return &AddrInUseError{Network: network, Addr: address, Reason: reason, Err: err}
 }

@@ -307,3 +307,16 @@ func TestListenPacketShares(t *testing.T) {
 	}
 	b.Close()
 }
+
+func TestListenPacketHeldWithoutReuseport(t *testing.T) {
+	plain, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	_, err = ListenPacket(context.Background(), "udp", plain.LocalAddr().String())
+	var inUse *AddrInUseError
+	if !errors.As(err, &inUse) || !strings.Contains(err.Error(), "UDP socket without SO_REUSEPORT") {
+		t.Fatalf("err = %v, want an AddrInUseError about a UDP socket", err)
+	}
+}
