@@ -159,8 +159,9 @@ func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]bool, error) {
 	return out, nil
 }
 
+// sameAddr compares without zones: sock_diag reports none.
 func sameAddr(a, b netip.AddrPort) bool {
-	return a.Port() == b.Port() && a.Addr().Unmap() == b.Addr().Unmap()
+	return a.Port() == b.Port() && a.Addr().WithZone("").Unmap() == b.Addr().WithZone("").Unmap()
 }
 
 // holder says who, as far as this namespace shows, holds address.

@@ -137,6 +137,8 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		l.Close()
 		return nil, fmt.Errorf("runner: parse listener address %s: %w", tl.Addr(), err)
 	}
+	// Without the zone of a link-local address: sock_diag reports none.
+	ap = netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
 	ln := &listener{TCPListener: tl, addr: ap, steer: true}
 	if err := ln.findOlder(); err != nil {
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
