@@ -143,14 +143,7 @@ func TestHTTPCheck(t *testing.T) {
 				}
 				return
 			}
-			if err == nil {
-				t.Fatal("Check: nil error, want failure")
-			}
-			for _, want := range tc.wantErr {
-				if !strings.Contains(err.Error(), want) {
-					t.Errorf("error %q does not contain %q", err, want)
-				}
-			}
+			checkErr(t, err, tc.wantErr)
 			if len(err.Error()) > 500 {
 				t.Errorf("error is %d bytes long, want a short excerpt: %q", len(err.Error()), err)
 			}
@@ -253,14 +246,7 @@ func TestExecCheck(t *testing.T) {
 				}
 				return
 			}
-			if err == nil {
-				t.Fatal("Check: nil error, want failure")
-			}
-			for _, want := range tc.wantErr {
-				if !strings.Contains(err.Error(), want) {
-					t.Errorf("error %q does not contain %q", err, want)
-				}
-			}
+			checkErr(t, err, tc.wantErr)
 			for _, not := range tc.wantNot {
 				if strings.Contains(err.Error(), not) {
 					t.Errorf("error %q contains %q", err, not)
@@ -322,5 +308,18 @@ func TestTailBuffer(t *testing.T) {
 	want := all.String()[all.Len()-tailBufferMax:]
 	if got := string(tb.Bytes()); got != want {
 		t.Errorf("tailBuffer kept %d bytes, want the last %d", len(got), len(want))
+	}
+}
+
+// checkErr fails unless err is an error whose text has every want.
+func checkErr(t *testing.T, err error, want []string) {
+	t.Helper()
+	if err == nil {
+		t.Fatal("Check: nil error, want failure")
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not contain %q", err, w)
+		}
 	}
 }

@@ -378,11 +378,18 @@ func (r *Runner) checkHealth(ctx context.Context) error {
 	return nil
 }
 
+// drainBudget is the part of the drain timeout the instance uses: it
+// finishes a little before the timeout (a tenth of it, at most 500 ms),
+// because the supervisor kills the process group just after it.
+func drainBudget(timeout time.Duration) time.Duration {
+	return timeout - min(timeout/10, 500*time.Millisecond)
+}
+
 // handOffUnowned steers the listeners that actors serve (those not given to
 // ServeHTTP) to the new instance and waits until their queues are quiet;
 // the actors accept meanwhile and close the listeners themselves.
 func (r *Runner) handOffUnowned(timeout time.Duration) {
-	deadline := time.Now().Add(timeout - min(timeout/10, 500*time.Millisecond))
+	deadline := time.Now().Add(drainBudget(timeout))
 	r.mu.Lock()
 	var lns []*listener
 	for _, l := range r.listeners {
@@ -408,9 +415,9 @@ func (r *Runner) drain(timeout, window time.Duration) error {
 	}
 	close(r.draining)
 	notify(daemon.SdNotifyStopping)
-	margin := min(timeout/10, 500*time.Millisecond)
-	deadline := time.Now().Add(timeout - margin)
-	r.log.Info("draining", "pid", os.Getpid(), "deadline", timeout-margin)
+	budget := drainBudget(timeout)
+	deadline := time.Now().Add(budget)
+	r.log.Info("draining", "pid", os.Getpid(), "deadline", budget)
 
 	errs := make([]error, len(servers))
 	var wg sync.WaitGroup
