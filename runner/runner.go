@@ -63,6 +63,13 @@ var (
 	ErrDrainTimeout = errors.New("runner: drain deadline passed")
 )
 
+// Errors Listen can return.
+var (
+	// ErrAlreadyListening is returned by a second Listen on an address that
+	// this Runner already listens on.
+	ErrAlreadyListening = errors.New("runner: this Runner already listens on the address")
+)
+
 // Runner serves listeners through a zero-loss handover. Create it with New,
 // bind with Listen, register servers with ServeHTTP or Add, then call Run
 // once.
