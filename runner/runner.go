@@ -133,6 +133,10 @@ func (r *Runner) Draining() <-chan struct{} { return r.draining }
 // keeps this instance dark on it: the group's new connections go to the
 // instance that was there first, until that one hands over. network is
 // "tcp", "tcp4" or "tcp6".
+//
+// A second Listen on an address this Runner already listens on returns
+// ErrAlreadyListening: the handover tells the instances apart by their order
+// in the address's reuseport group, one listener each.
 func (r *Runner) Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	l, err := reuseport.Listen(ctx, network, address)
 	if err != nil {
@@ -146,6 +150,20 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	// Without the zone of a link-local address: sock_diag reports none.
 	ap = netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
+	// The refused socket joined the group last, so closing it moves no
+	// other member to another index.
+	r.mu.Lock()
+	for _, other := range r.listeners {
+		if other.addr == ap {
+			r.mu.Unlock()
+			l.Close()
+			return nil, fmt.Errorf("%w: %s %s: two listeners of one process on one address are two members of its reuseport group, "+
+				"and the handover steers by join order (old instance member 0, new one member 1), so the old instance would "+
+				"steer new connections to its own second listener, then close it and reset them; listen once per address",
+				ErrAlreadyListening, network, ap)
+		}
+	}
+	r.mu.Unlock()
 	ln := &listener{TCPListener: tl, addr: ap, steer: true}
 	if err := ln.findOlder(); err != nil {
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
