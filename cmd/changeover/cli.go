@@ -8,8 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/supervisor"
 )
 
 const usageText = `usage:
@@ -121,4 +126,56 @@ func newLogger(format string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, nil)), nil
 	}
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+// parseStopSignal reads a --stop-signal value: a name with or without SIG,
+// in any case (QUIT, SIGQUIT, quit), or a number (3). SIGSTOP is refused:
+// it cannot be caught, so the server would sit frozen until the deadline.
+func parseStopSignal(s string) (unix.Signal, error) {
+	bad := fmt.Errorf("not a signal name or number like QUIT, SIGUSR1 or 3: %q", s)
+	if n, err := strconv.Atoi(s); err == nil {
+		// 64 is the highest signal number on Linux (SIGRTMAX).
+		if n < 1 || n > 64 {
+			return 0, bad
+		}
+		if unix.Signal(n) == unix.SIGSTOP {
+			return 0, fmt.Errorf("SIGSTOP cannot be caught, so it cannot ask a server to drain: %q", s)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(strings.TrimSpace(s))
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if sig == 0 {
+		return 0, bad
+	}
+	if sig == unix.SIGSTOP {
+		return 0, fmt.Errorf("SIGSTOP cannot be caught, so it cannot ask a server to drain: %q", s)
+	}
+	return sig, nil
+}
+
+// stopFlags defines --stop-signal and --kill-mode, shared by run and swap.
+func stopFlags(fs *flag.FlagSet) (*unix.Signal, *supervisor.KillMode) {
+	sig, mode := new(unix.Signal), new(supervisor.KillMode)
+	*sig, *mode = unix.SIGTERM, supervisor.KillGroup
+	fs.Func("stop-signal", "signal that asks an old generation to drain, by name or number: QUIT for nginx and unicorn, USR1 for HAProxy, WINCH for Apache (default TERM)", func(s string) error {
+		v, err := parseStopSignal(s)
+		if err != nil {
+			return err
+		}
+		*sig = v
+		return nil
+	})
+	fs.Func("kill-mode", "who gets --stop-signal: group (every process of the generation's process group) or main (its main process only, as systemd's KillMode=mixed); both SIGKILL the group at the drain deadline (default group)", func(s string) error {
+		switch m := supervisor.KillMode(s); m {
+		case supervisor.KillGroup, supervisor.KillMain:
+			*mode = m
+			return nil
+		}
+		return fmt.Errorf("want group or main, not %q", s)
+	})
+	return sig, mode
 }

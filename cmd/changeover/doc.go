@@ -33,6 +33,9 @@
 //	--watch-debounce 1s      the change must stay still this long (a binary being copied is not started)
 //	--ready-timeout 30s      time a new generation has to become ready
 //	--drain-timeout 30s      time an old generation has to drain (also CHANGEOVER_DRAIN_TIMEOUT); then SIGKILL
+//	--stop-signal TERM       the signal that asks an old generation to drain, by name (QUIT, SIGQUIT, quit) or number (3)
+//	--kill-mode group        who gets it: group (every process of the generation's process group) or main (its
+//	                         main process only, as systemd's KillMode=mixed); both SIGKILL the group at the deadline
 //	--restart-backoff 1s     first delay before restarting a crashed instance; doubles per crash in the window
 //	--restart-backoff-max 30s
 //	--crash-limit 5          more crashes than this within --crash-window: exit 6 (let systemd restart)
@@ -53,6 +56,45 @@
 // promoted, its listening sockets must cover every address the old one
 // listens on (its health address aside); otherwise the reload fails (exit 4).
 //
+// A server that does not speak sd_notify (nginx, gunicorn, most servers
+// not written for systemd) never sends READY=1, so with --notify at its
+// default it is never ready: run it with --notify=false and a --health
+// probe, best one that reaches that instance alone: serve a health check on
+// $CHANGEOVER_HEALTH_ADDR and probe http://{health_addr}/ (the error of a
+// generation that sent no READY=1 says so). --notify stays true by default:
+// READY=1 is the server's own word that it serves, stronger than a probe
+// from outside, and the servers built on package runner send it; a server
+// without it fails at generation 1 with that hint, never silently at a
+// reload.
+//
+// # Stop signal and kill mode
+//
+// --stop-signal is the signal that asks an old generation to drain. SIGTERM
+// suits servers built on package runner and gunicorn, but it is the *fast*
+// shutdown of nginx and HAProxy, which then cut the requests in flight. Use
+// each server's graceful stop:
+//
+//	nginx                  QUIT (TERM, INT: fast shutdown)
+//	gunicorn               TERM (QUIT, INT: quick shutdown)
+//	unicorn                QUIT (TERM, INT: quick shutdown)
+//	HAProxy (-W, -db)      USR1 (soft stop; TERM: hard stop)
+//	Apache httpd -DFOREGROUND  WINCH (graceful-stop; TERM: stop)
+//
+// --kill-mode group (the default) sends it to every process of the
+// generation's process group, as systemd's default KillMode=control-group
+// does; --kill-mode main sends it to the main process only, as systemd's
+// KillMode=mixed does, and the main process stops the others itself. Both
+// SIGKILL the whole group at the drain deadline. group is the default
+// because it is the one that always reaches the server: a wrapper script
+// that does not exec it (sh -c 'setup; server', npm start) would keep the
+// signal to itself under main and the server would never drain; and
+// master/worker servers whose workers take the master's stop signal as
+// their own graceful stop (nginx, gunicorn and unicorn do) drain the same
+// under group. Choose main for a server that wants its workers stopped by
+// its master alone, as its systemd unit says with KillMode=mixed. The
+// supervisor logs which PIDs got the signal ("stop signal sent ...
+// kill_mode=group pids=[...]").
+//
 // Every instance gets NOTIFY_SOCKET (its own unixgram socket beside the
 // control socket, accepting datagrams only from the instance's process
 // group), CHANGEOVER_HEALTH_ADDR (a free port of a random 127/8 address, only it serves),
@@ -63,7 +105,9 @@
 // # Reloads
 //
 // SIGHUP, `changeover reload`, or --watch start generation N+1, wait until
-// it is ready, SIGTERM generation N's process group, wait up to the drain
+// it is ready, send the stop signal (SIGTERM unless --stop-signal) to
+// generation N (its process group, or its main process with --kill-mode
+// main), wait up to the drain
 // timeout, SIGKILL what is left of the group and wait until the group is
 // empty. Only then is the reload over, so the ports never hold more than two
 // generations. Reloads asked for while one runs are coalesced into one more;
@@ -140,15 +184,17 @@
 // `changeover swap --pidfile F -- COMMAND` deploys without a resident
 // supervisor: it starts COMMAND in its own session (output appended to
 // --log, default F with .log for .pid), waits until it is ready, writes "PID
-// STARTTIME GENERATION HEALTH_ADDR" to F atomically, SIGTERMs the process
+// STARTTIME GENERATION HEALTH_ADDR" to F atomically, sends the stop signal
+// (--stop-signal, SIGTERM by default) to the process
 // that F named (only if its start time still matches: a reused PID is never
 // signalled, it is reported and treated as a first deploy), waits for it to
 // exit (--drain-timeout, then SIGKILL) and exits 0. A failed new instance is
 // killed; F and the old process are left alone. Concurrent swaps on one F are
 // serialised by a flock on F.lock. An empty, garbage or unwritable F exits 2
 // with nothing touched. swap takes --log, --dir, --env-file, --health,
-// --check, --notify, --ready-timeout, --drain-timeout and --log-format as
-// run does.
+// --check, --notify, --ready-timeout, --drain-timeout, --stop-signal,
+// --kill-mode and --log-format as run does: the stop signal goes to the old
+// process, and with --kill-mode group to its process group if it leads one.
 //
 // # Exit codes
 //

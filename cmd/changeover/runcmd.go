@@ -60,6 +60,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.crashWindow = durationFlag(fs, "crash-window", time.Minute, "window for --crash-limit")
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the supervisor's PID to this file")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	stopSignal, killMode := stopFlags(fs)
 	fs.BoolVar(&o.migrateReq, "tcp-migrate-req", false, "set net.ipv4.tcp_migrate_req=1 in this network namespace before starting (needs root; the handover does not need it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -128,7 +129,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Name: name,
 		Launch: supervisor.Launch{
 			Command: argv[0], Args: argv[1:], Dir: o.dir, EnvFile: o.envFile, Checks: o.checks,
-			DrainTimeout: *o.drainTimeout, RuntimeDir: runtimeDir,
+			DrainTimeout: *o.drainTimeout, StopSignal: *stopSignal, KillMode: *killMode, RuntimeDir: runtimeDir,
 			Stdout: fileOr(stdout, os.Stdout), Stderr: fileOr(stderr, os.Stderr), Relay: relay,
 		},
 		Probes: o.health, Notify: o.notify, ReadyTimeout: *o.readyTimeout,

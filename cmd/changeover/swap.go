@@ -28,6 +28,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	notify := fs.Bool("notify", true, "wait for READY=1 on the instance's NOTIFY_SOCKET")
 	readyTimeout := durationFlag(fs, "ready-timeout", 30*time.Second, "how long the new instance may take to become ready")
 	drainTimeout := durationFlag(fs, "drain-timeout", 30*time.Second, "how long the old instance may drain before SIGKILL")
+	stopSignal, killMode := stopFlags(fs)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -55,7 +56,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Pidfile: *pidfile, LogFile: *logFile,
 		Launch: supervisor.Launch{
 			Command: argv[0], Args: argv[1:], Dir: *dir, EnvFile: *envFile, Checks: checks,
-			DrainTimeout: *drainTimeout,
+			DrainTimeout: *drainTimeout, StopSignal: *stopSignal, KillMode: *killMode,
 		},
 		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log,
 	})

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -94,8 +95,10 @@ type Launch struct {
 	RuntimeDir   string   // where per-instance notify sockets go
 	Stdout       *os.File // inherited by instances
 	Stderr       *os.File
-	Relay        []string // argv of the stderr relay; nil = inherit stderr directly
-	Setsid       bool     // start instances in their own session (swap)
+	Relay        []string    // argv of the stderr relay; nil = inherit stderr directly
+	Setsid       bool        // start instances in their own session (swap)
+	StopSignal   unix.Signal // asks an instance to drain; 0: SIGTERM
+	KillMode     KillMode    // who gets StopSignal; "": KillGroup
 }
 
 // Resolve returns the executable that would start now and the working
@@ -359,6 +362,11 @@ func (in *Instance) allow(pid int) bool {
 	return healthcheck.InProcessGroup(in.PGID)(pid)
 }
 
+// hintNoNotify says what to do about a server that never sends READY=1.
+const hintNoNotify = "a server that does not speak sd_notify never sends it: " +
+	"run with --notify=false and a --health probe, such as --health http://{health_addr}/ " +
+	"with the server answering its health check on $CHANGEOVER_HEALTH_ADDR"
+
 // probeSuccesses is how many passes in a row each probe needs: a probe
 // that flaps (passes, fails, passes) never makes an instance ready.
 const probeSuccesses = 3
@@ -376,7 +384,7 @@ func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthch
 			case <-in.notify.Ready():
 				results <- nil
 			case <-ctx.Done():
-				results <- fmt.Errorf("no READY=1 on its notify socket within %v", timeout)
+				results <- fmt.Errorf("no READY=1 on its notify socket within %v (%s)", timeout, hintNoNotify)
 			}
 		}()
 	}
@@ -427,11 +435,12 @@ func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthch
 	return nil
 }
 
-// stopInstance sends SIGTERM to the instance's group, waits up to drain (or
-// until hurry is closed), then SIGKILLs what is left of the group and waits
-// until the group is empty (bounded).
-func stopInstance(in *Instance, drain time.Duration, hurry <-chan struct{}) (killed bool) {
-	_ = proc.KillGroup(in.PGID, unix.SIGTERM)
+// stopInstance sends l's stop signal to the instance (its group, or its
+// main process, as l's kill mode says), waits up to drain (or until hurry
+// is closed), then SIGKILLs what is left of the group and waits until the
+// group is empty (bounded).
+func stopInstance(in *Instance, l *Launch, drain time.Duration, hurry <-chan struct{}, log *slog.Logger) (killed bool) {
+	sendStop(in, l, log)
 	t := time.NewTimer(drain)
 	defer t.Stop()
 	select {

@@ -591,7 +591,7 @@ func (s *Supervisor) retire(old *Instance) {
 	drain := s.cfg.Launch.DrainTimeout
 	s.cfg.SDNotify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (drain + 10*time.Second).Microseconds()))
 	s.log.Info("draining", KeyGeneration, old.Gen, KeyPID, old.PID)
-	killed := stopInstance(old, drain, s.hurry)
+	killed := stopInstance(old, &s.cfg.Launch, drain, s.hurry, s.log)
 	old.setState(StateExited)
 	old.closeNotify()
 	s.saveState()

@@ -172,7 +172,7 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 			_ = unix.Kill(old.PID, sig)
 		}
 	}
-	signal(unix.SIGTERM)
+	sendStop(old, &l, log)
 	t := time.NewTimer(l.DrainTimeout)
 	defer t.Stop()
 	select {

@@ -1,0 +1,70 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"log/slog"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/proc"
+)
+
+// KillMode says which processes of an instance get the stop signal. At the
+// drain deadline every mode SIGKILLs the whole process group.
+type KillMode string
+
+const (
+	// KillGroup sends the stop signal to every process of the instance's
+	// process group (systemd's KillMode=control-group, its default). A
+	// wrapper script that does not exec its server needs it: the shell
+	// would not pass the signal on. Master/worker servers whose workers
+	// treat the stop signal as their master does (nginx, gunicorn, unicorn)
+	// drain with it too.
+	KillGroup KillMode = "group"
+	// KillMain sends it to the main process only (systemd's
+	// KillMode=mixed): the master of a master/worker server stops its
+	// workers itself, in its own order.
+	KillMain KillMode = "main"
+)
+
+// stopSignal is the signal that asks an instance to drain: l.StopSignal,
+// else SIGTERM.
+func (l *Launch) stopSignal() unix.Signal {
+	if l.StopSignal == 0 {
+		return unix.SIGTERM
+	}
+	return l.StopSignal
+}
+
+// killMode is l.KillMode, else KillGroup.
+func (l *Launch) killMode() KillMode {
+	if l.KillMode == "" {
+		return KillGroup
+	}
+	return l.KillMode
+}
+
+// sendStop sends the stop signal of l to in, as l's kill mode says, logs
+// which processes got it and returns their PIDs. A process that does not
+// lead a process group of its own (a swap pidfile written by something
+// else) is signalled alone whatever the mode: its group is not the
+// instance's.
+func sendStop(in *Instance, l *Launch, log *slog.Logger) []int {
+	sig, mode := l.stopSignal(), l.killMode()
+	var pids []int
+	if mode == KillGroup && in.PGID == in.PID && in.PGID > 1 && in.PGID != unix.Getpgrp() {
+		// The members are listed first, then the group is signalled with
+		// one kill(2): a process forked in between gets the signal too but
+		// is not in the list.
+		pids = proc.GroupMembers(in.PGID)
+		_ = proc.KillGroup(in.PGID, sig)
+	} else if in.PID > 1 && (in.StartTicks == 0 || proc.Alive(in.PID, in.StartTicks)) {
+		if unix.Kill(in.PID, sig) == nil {
+			pids = []int{in.PID}
+		}
+	}
+	log.Info("stop signal sent", KeyGeneration, in.Gen, KeyPID, in.PID,
+		"signal", unix.SignalName(sig), "kill_mode", string(mode), "pids", pids)
+	return pids
+}
