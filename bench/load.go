@@ -70,6 +70,9 @@ type sample struct {
 	lat   int64 // ns
 	pid   int32 // server PID that answered, 0 on failure
 	kind  uint8
+	// retries: connections the client's transport used beyond the first
+	// for this request (not counted yet).
+	retries uint8
 }
 
 type loadConfig struct {
