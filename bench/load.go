@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"strconv"
 	"strings"
@@ -16,21 +17,26 @@ import (
 	"time"
 )
 
-// Failure kinds. kindOK is a 2xx-4xx answer.
+// Outcome kinds of one request. Only kindOK is a success: a complete 2xx
+// answer whose body names the version and PID that served it.
 const (
-	kindOK uint8 = iota
-	kindReset
-	kindEOF
-	kindRefused
-	kindTimeout
+	kindOK       uint8 = iota
+	kindCutShort       // headers arrived, the body did not (io.ErrUnexpectedEOF, or reset, while reading it)
+	kind4xx
 	kind5xx
+	kindBadBody // a 2xx whose body lacks "version=… pid=…"
+	kindRefused // ECONNREFUSED: nothing listened
+	kindReset   // ECONNRESET/EPIPE before the answer's headers
+	kindEOF     // the connection closed (FIN) before the answer's headers
+	kindTimeout // no complete answer within the per-request timeout
 	kindOther
 	numKinds
 )
 
-var kindNames = [numKinds]string{"ok", "reset", "EOF", "refused", "timeout", "5xx", "other"}
+var kindNames = [numKinds]string{"ok", "cut short", "4xx", "5xx", "no version/pid", "refused", "reset", "EOF", "timeout", "other"}
 
-// classify maps a client error to a failure kind.
+// classify maps the error of a request that got no answer (client.Do
+// failed) to a failure kind.
 func classify(err error) uint8 {
 	var ne net.Error
 	switch {
@@ -47,6 +53,28 @@ func classify(err error) uint8 {
 		return kindTimeout
 	}
 	return kindOther
+}
+
+// classifyAnswer maps an answer (its headers arrived) to an outcome kind:
+// bodyErr is the error reading its body, nil when the body was complete.
+func classifyAnswer(status int, body []byte, bodyErr error) uint8 {
+	var ne net.Error
+	switch {
+	case bodyErr != nil && (errors.Is(bodyErr, context.DeadlineExceeded) || errors.Is(bodyErr, os.ErrDeadlineExceeded) ||
+		errors.As(bodyErr, &ne) && ne.Timeout()):
+		return kindTimeout
+	case bodyErr != nil:
+		return kindCutShort
+	case status >= 500:
+		return kind5xx
+	case status >= 400:
+		return kind4xx
+	case status < 200 || status >= 300:
+		return kindOther
+	case parsePID(body) == 0 || !bytes.Contains(body, []byte("version=")):
+		return kindBadBody
+	}
+	return kindOK
 }
 
 // Load modes.
@@ -71,8 +99,10 @@ type sample struct {
 	pid   int32 // server PID that answered, 0 on failure
 	kind  uint8
 	// retries: connections the client's transport used beyond the first
-	// for this request (not counted yet).
+	// for this request (net/http's silent retry on a new connection).
 	retries uint8
+	// fresh: the request's last connection was a new one (not reused).
+	fresh bool
 }
 
 type loadConfig struct {
@@ -83,7 +113,8 @@ type loadConfig struct {
 	timeout  time.Duration // per request
 	maxReqs  int           // per client
 	t0       time.Time     // the run's time origin
-	deadline time.Time
+	deadline time.Time     // hard bound; the load normally ends earlier, at stop
+	stop     <-chan struct{}
 }
 
 func checkLoopback(addr string) {
@@ -104,15 +135,54 @@ func newTransport(keepAlive bool) *http.Transport {
 	}
 }
 
-// parsePID reads "version=V pid=N" from a response body.
+// parsePID reads N from "version=V pid=N" in a response body; 0 if there is none.
 func parsePID(b []byte) int32 {
 	i := bytes.Index(b, []byte("pid="))
 	if i < 0 {
 		return 0
 	}
 	s := strings.TrimSpace(string(b[i+4:]))
-	n, _ := strconv.Atoi(s)
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n > 1<<22 {
+		return 0
+	}
 	return int32(n)
+}
+
+// doRequest sends req and reads the whole answer. It fills kind, pid,
+// retries and fresh of a sample.
+//
+// net/http's Transport retries a request on a new connection, without
+// telling the caller, when a reused keep-alive connection turns out to be
+// closed: always when nothing was written yet, and for idempotent requests
+// (GET, or a body it can rewind with GetBody) also when the server closed
+// the connection after reading the request but before any byte of the
+// answer (shouldRetryRequest in transport.go). Each connection the request
+// gets shows as a GotConn in its trace, so GotConn count - 1 is the number
+// of silent retries.
+func doRequest(cl *http.Client, req *http.Request) sample {
+	var s sample
+	var conns int
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		conns++ // the trace's callbacks for one request run one at a time
+		s.fresh = !info.Reused
+	}}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	resp, err := cl.Do(req)
+	s.retries = uint8(min(max(conns-1, 0), 255))
+	if err != nil {
+		s.kind = classify(err)
+		return s
+	}
+	// The body is a short line; a limit keeps a wrong server from making
+	// the client read forever.
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	s.kind = classifyAnswer(resp.StatusCode, body, rerr)
+	if s.kind == kindOK {
+		s.pid = parsePID(body)
+	}
+	return s
 }
 
 // runLoad runs cfg.clients client loops, each bounded by maxReqs and the
@@ -132,9 +202,8 @@ func runLoad(ctx context.Context, cfg loadConfig) []sample {
 			tr := newTransport(cfg.mode != modeNewConn)
 			defer tr.CloseIdleConnections()
 			cl := &http.Client{Transport: tr, Timeout: cfg.timeout}
-			buf := make([]byte, 256)
 			ss := make([]sample, 0, 4096)
-			for i := 0; i < cfg.maxReqs && time.Now().Before(cfg.deadline) && ctx.Err() == nil; i++ {
+			for i := 0; i < cfg.maxReqs && time.Now().Before(cfg.deadline) && ctx.Err() == nil && !stopped(cfg.stop); i++ {
 				var req *http.Request
 				if cfg.mode == modePost {
 					req, _ = http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
@@ -143,30 +212,9 @@ func runLoad(ctx context.Context, cfg loadConfig) []sample {
 					req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 				}
 				st := time.Now()
-				resp, err := cl.Do(req)
-				var s sample
-				if err == nil {
-					n, rerr := io.ReadFull(resp.Body, buf)
-					if rerr == io.ErrUnexpectedEOF || rerr == io.EOF {
-						rerr = nil
-					}
-					if rerr == nil {
-						_, rerr = io.Copy(io.Discard, resp.Body)
-					}
-					resp.Body.Close()
-					switch {
-					case rerr != nil:
-						s.kind = classify(rerr)
-					case resp.StatusCode >= 500:
-						s.kind = kind5xx
-					default:
-						s.pid = parsePID(buf[:n])
-					}
-				} else {
-					if ctx.Err() != nil {
-						break // stopped by the bench (interrupted), not a failure
-					}
-					s.kind = classify(err)
+				s := doRequest(cl, req)
+				if s.kind != kindOK && ctx.Err() != nil {
+					break // stopped by the bench (interrupted), not a failure
 				}
 				s.start = int64(st.Sub(cfg.t0))
 				s.lat = int64(time.Since(st))
@@ -189,6 +237,15 @@ func runLoad(ctx context.Context, cfg loadConfig) []sample {
 		all = append(all, ss...)
 	}
 	return all
+}
+
+func stopped(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // prober asks the server which PID answers, on a new connection each time.

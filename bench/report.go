@@ -20,8 +20,8 @@ func printReport(w io.Writer, rep *report, modes []string) {
 
 	for _, mode := range modes {
 		fmt.Fprintf(w, "## %s\n\n", modeTitles[mode])
-		fmt.Fprintln(w, "| method | requests | failed: reset / EOF / refused / timeout / 5xx / other | failed per 1000 | failed per restart | steady p50 / p99 / max ms | ±1 s of restart p50 / p99 / max ms | restart: new serving / old gone ms (mean; max) | supervisor RSS / CPU | steady req/s (vs bare) |")
-		fmt.Fprintln(w, "|---|---:|---|---:|---:|---|---|---|---|---|")
+		fmt.Fprintln(w, "| method | requests | failed, by kind | failed per 1000 | failed per restart | silent retries | steady p50 / p99 / max ms | ±1 s of restart p50 / p99 / max ms | restart: new serving / old gone ms (mean; max) | supervisor RSS / CPU | steady req/s (vs bare) |")
+		fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---|---|---|---|---|")
 		for _, r := range rep.Runs {
 			if r.Scenario != "load" || r.Mode != mode {
 				continue
@@ -34,8 +34,8 @@ func printReport(w io.Writer, rep *report, modes []string) {
 			if r.Error != "" {
 				title += " (**error: " + r.Error + "**)"
 			}
-			fmt.Fprintf(w, "| %s | %d | %s | %.2f | %s | %s | %s | %s | %s | %s |\n",
-				title, r.Requests, failKinds(r), r.Per1000, perRestart(r), lat(r.Steady), lat(r.NearRestart),
+			fmt.Fprintf(w, "| %s | %d | %s | %.2f | %s | %d | %s | %s | %s | %s | %s |\n",
+				title, r.Requests, failKinds(r), r.Per1000, perRestart(r), r.Retries, lat(r.Steady), lat(r.NearRestart),
 				restartTimes(r), sup(r), rps(r))
 		}
 		fmt.Fprintln(w)
@@ -52,8 +52,8 @@ func printReport(w io.Writer, rep *report, modes []string) {
 	}
 	if len(idle) > 0 {
 		fmt.Fprintf(w, "## Idle keep-alive connections open at the restart (keep-alive GET load, 1 restart)\n\n")
-		fmt.Fprintln(w, "| method | idle conns (opened) | restart: new serving / old gone ms | load requests | load failed (reset / EOF / refused / timeout / 5xx / other) | idle conns closed FIN / RST / other / still open |")
-		fmt.Fprintln(w, "|---|---|---|---:|---|---|")
+		fmt.Fprintln(w, "| method | idle conns (opened) | restart: new serving / old gone ms | load requests | load failed (by kind) | silent retries | idle conns closed FIN / RST / other / still open |")
+		fmt.Fprintln(w, "|---|---|---|---:|---|---:|---|")
 		for _, r := range idle {
 			if r.Error != "" && r.Requests == 0 {
 				fmt.Fprintf(w, "| %s | %d | %s ||||\n", r.Title, r.IdleConns, r.Error)
@@ -69,15 +69,15 @@ func printReport(w io.Writer, rep *report, modes []string) {
 			if r.Error != "" {
 				title += " (**error: " + r.Error + "**)"
 			}
-			fmt.Fprintf(w, "| %s | %d (%d) | %s | %d | %d (%s) | %s |\n", title, r.IdleConns, opened, restartTimes(r),
-				r.Requests, r.Failed, failKinds(r), ic)
+			fmt.Fprintf(w, "| %s | %d (%d) | %s | %d | %d (%s) | %d | %s |\n", title, r.IdleConns, opened, restartTimes(r),
+				r.Requests, r.Failed, failKinds(r), r.Retries, ic)
 		}
 		fmt.Fprintln(w)
 	}
 	if len(sleep) > 0 {
 		fmt.Fprintf(w, "## Long in-flight requests (keep-alive GET /sleep?duration=2s, 1 restart)\n\n")
-		fmt.Fprintln(w, "| method | requests | failed: reset / EOF / refused / timeout / 5xx / other | restart: new serving / old gone ms | ±1 s of restart p50 / p99 / max ms |")
-		fmt.Fprintln(w, "|---|---:|---|---|---|")
+		fmt.Fprintln(w, "| method | requests | failed, by kind | silent retries | restart: new serving / old gone ms | ±1 s of restart p50 / p99 / max ms |")
+		fmt.Fprintln(w, "|---|---:|---|---:|---|---|")
 		for _, r := range sleep {
 			if r.Error != "" && r.Requests == 0 {
 				fmt.Fprintf(w, "| %s | %s ||||\n", r.Title, r.Error)
@@ -87,7 +87,7 @@ func printReport(w io.Writer, rep *report, modes []string) {
 			if r.Error != "" {
 				title += " (**error: " + r.Error + "**)"
 			}
-			fmt.Fprintf(w, "| %s | %d | %s | %s | %s |\n", title, r.Requests, failKinds(r), restartTimes(r), lat(r.NearRestart))
+			fmt.Fprintf(w, "| %s | %d | %s | %d | %s | %s |\n", title, r.Requests, failKinds(r), r.Retries, restartTimes(r), lat(r.NearRestart))
 		}
 		fmt.Fprintln(w)
 	}
@@ -102,9 +102,19 @@ func printReport(w io.Writer, rep *report, modes []string) {
 	fmt.Fprintln(w, "- Loopback and 2 shared cores: the load generator and the servers compete for the same CPUs, so throughput ratios are noisy (easily ±20% between runs): compare several runs before reading much into one ratio.")
 }
 
+// failKinds lists the kinds that occurred, "kind N" each, in kindNames'
+// order; "-" when there was no failure.
 func failKinds(r *runResult) string {
-	f := r.Failures
-	return fmt.Sprintf("%d / %d / %d / %d / %d / %d", f["reset"], f["EOF"], f["refused"], f["timeout"], f["5xx"], f["other"])
+	var parts []string
+	for k := kindOK + 1; k < numKinds; k++ {
+		if n := r.Failures[kindNames[k]]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", kindNames[k], n))
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
 }
 
 func perRestart(r *runResult) string {

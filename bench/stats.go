@@ -32,9 +32,13 @@ type runResult struct {
 	DurationSec float64        `json:"duration_s"`
 	Requests    int            `json:"requests"`
 	Failed      int            `json:"failed"`
-	Failures    map[string]int `json:"failures"`
-	Per1000     float64        `json:"failed_per_1000"`
-	PerRestart  float64        `json:"failed_per_restart"`
+	Failures    map[string]int `json:"failures"` // by kind (kindNames), zero kinds included
+	// Retries counts the connections net/http's client used beyond the
+	// first for one request: silent retries, each of which the server
+	// lost without the client seeing a failure.
+	Retries    int     `json:"silent_retries"`
+	Per1000    float64 `json:"failed_per_1000"`
+	PerRestart float64 `json:"failed_per_restart"`
 	// Failures whose request started within ±1 s of a restart trigger.
 	FailedNearRestart int            `json:"failed_near_restart"`
 	Steady            latStats       `json:"latency_steady"`
@@ -65,7 +69,7 @@ func percentiles(lat []int64) latStats {
 // started more than 1 s away from every restart trigger.
 func summarize(res *runResult, ss []sample, total time.Duration) {
 	res.Failures = map[string]int{}
-	for k := kindReset; k < numKinds; k++ {
+	for k := kindOK + 1; k < numKinds; k++ {
 		res.Failures[kindNames[k]] = 0
 	}
 	type win struct{ a, b int64 }
@@ -103,6 +107,7 @@ func summarize(res *runResult, ss []sample, total time.Duration) {
 	steadyOK := 0
 	for _, s := range ss {
 		res.Requests++
+		res.Retries += int(s.retries)
 		b := int(s.start / int64(bucketDur))
 		if b < 0 {
 			b = 0

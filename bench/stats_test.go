@@ -43,8 +43,16 @@ func TestSummarize(t *testing.T) {
 	ss = append(ss, sample{start: 5000 * ms, lat: 100 * ms, pid: 2})
 	ss = append(ss, sample{start: 5001 * ms, lat: ms, kind: kindReset})
 	ss = append(ss, sample{start: 5002 * ms, lat: ms, kind: kind5xx})
+	ss[0].retries = 2 // two silent retries of a request that succeeded, one of another
+	ss[1].retries = 1
 	res := &runResult{Restarts: []restartEvent{{AtSec: 5}}}
 	summarize(res, ss, 10*time.Second)
+	if res.Retries != 3 {
+		t.Errorf("silent retries = %d, want 3", res.Retries)
+	}
+	if len(res.Failures) != int(numKinds)-1 {
+		t.Errorf("failure kinds: %v, want every kind but ok", res.Failures)
+	}
 	if res.Requests != 1003 || res.Failed != 2 || res.Failures["reset"] != 1 || res.Failures["5xx"] != 1 {
 		t.Fatalf("counts: %+v", res)
 	}
@@ -60,5 +68,34 @@ func TestSummarize(t *testing.T) {
 	}
 	if len(res.Timeline) != 101 || res.Timeline[50].Failed != 2 {
 		t.Errorf("timeline: %d buckets, bucket 50 %+v", len(res.Timeline), res.Timeline[50])
+	}
+}
+
+func TestClassifyAnswer(t *testing.T) {
+	body := []byte("version=1.2 pid=77\n")
+	cases := []struct {
+		name    string
+		status  int
+		body    []byte
+		bodyErr error
+		want    uint8
+	}{
+		{"complete", 200, body, nil, kindOK},
+		{"cut short", 200, body[:5], io.ErrUnexpectedEOF, kindCutShort},
+		{"reset in the body", 200, body[:5], &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, kindCutShort},
+		{"timeout in the body", 200, nil, os.ErrDeadlineExceeded, kindTimeout},
+		{"404", 404, body, nil, kind4xx},
+		{"500", 500, body, nil, kind5xx},
+		{"304", 304, nil, nil, kindOther},
+		{"no pid", 200, []byte("version=1\n"), nil, kindBadBody},
+		{"no version", 200, []byte("pid=77\n"), nil, kindBadBody},
+		{"garbage pid", 200, []byte("version=1 pid=x\n"), nil, kindBadBody},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := classifyAnswer(c.status, c.body, c.bodyErr); got != c.want {
+				t.Errorf("classifyAnswer(%d, %q, %v) = %s, want %s", c.status, c.body, c.bodyErr, kindNames[got], kindNames[c.want])
+			}
+		})
 	}
 }
