@@ -101,7 +101,8 @@ type sample struct {
 	// retries: connections the client's transport used beyond the first
 	// for this request (net/http's silent retry on a new connection).
 	retries uint8
-	// fresh: the request's last connection was a new one (not reused).
+	// fresh: the request's last connection was a new one (not reused), or
+	// dialing one failed.
 	fresh bool
 }
 
@@ -169,6 +170,9 @@ func doRequest(cl *http.Client, req *http.Request) sample {
 	}}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	resp, err := cl.Do(req)
+	// No GotConn at all: the dial failed, so this was an attempt at a new
+	// connection too.
+	s.fresh = s.fresh || conns == 0
 	s.retries = uint8(min(max(conns-1, 0), 255))
 	if err != nil {
 		s.kind = classify(err)

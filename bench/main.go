@@ -54,11 +54,17 @@ func main() {
 }
 
 type report struct {
-	Date        string       `json:"date"`
-	Kernel      string       `json:"kernel"`
-	CPUs        int          `json:"cpus"`
-	MigrateReq  string       `json:"tcp_migrate_req"`
-	GoVersion   string       `json:"go_version"`
+	Date       string `json:"date"`
+	Kernel     string `json:"kernel"`
+	CPUs       int    `json:"cpus"`
+	MigrateReq string `json:"tcp_migrate_req"`
+	GoVersion  string `json:"go_version"`
+	// Commit is the repository's HEAD when the bench started; Dirty says
+	// whether the work tree differed from it (DirtyPaths: git status
+	// --porcelain, at most 20 lines), so a figure can be traced to code.
+	Commit      string       `json:"commit"`
+	Dirty       bool         `json:"dirty"`
+	DirtyPaths  []string     `json:"dirty_paths,omitempty"`
 	Quick       bool         `json:"quick"`
 	Clients     int          `json:"clients"`
 	Restarts    int          `json:"restarts"`
@@ -142,10 +148,16 @@ func run() int {
 		}
 	}
 
+	commit, dirtyPaths, err := gitStamp("..")
+	if err != nil {
+		progress("no commit stamp: %v", err)
+		commit = "unknown (" + err.Error() + ")"
+	}
 	rep := &report{
 		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernel(), CPUs: runtime.NumCPU(),
 		MigrateReq: readTrim("/proc/sys/net/ipv4/tcp_migrate_req"), GoVersion: runtime.Version(),
 		Quick: *flagQuick, Clients: *flagClients, Restarts: restarts, IntervalSec: interval.Seconds(),
+		Commit: commit, Dirty: len(dirtyPaths) > 0, DirtyPaths: dirtyPaths,
 		Changeover: map[bool]string{true: "built from ../cmd/changeover", false: bc.changeErr}[bc.changeover != ""],
 	}
 
@@ -266,6 +278,33 @@ func goBuild(dir, out, pkg string) ([]byte, error) {
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = dir
 	return cmd.CombinedOutput()
+}
+
+// gitStamp returns the HEAD commit of the repository at dir and the lines of
+// `git status --porcelain` (at most 20; untracked files count, since go
+// build compiles them; ignored ones, such as earlier results, do not).
+// It runs before the bench writes anything.
+func gitStamp(dir string) (commit string, dirty []string, err error) {
+	out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+	if err != nil {
+		return "", nil, fmt.Errorf("git -C %s rev-parse HEAD: %w", dir, err)
+	}
+	commit = strings.TrimSpace(string(out))
+	out, err = exec.Command("git", "-C", dir, "status", "--porcelain").Output()
+	if err != nil {
+		return commit, nil, fmt.Errorf("git -C %s status: %w", dir, err)
+	}
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		if len(dirty) == 20 {
+			dirty = append(dirty, "…")
+			break
+		}
+		dirty = append(dirty, l)
+	}
+	return commit, dirty, nil
 }
 
 func firstLine(out []byte, err error) string {

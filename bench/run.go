@@ -36,7 +36,17 @@ type restartEvent struct {
 	OldGoneMs    float64 `json:"old_gone_ms"`    // trigger -> old PID gone (-1: never)
 	OldPID       int     `json:"old_pid"`
 	NewPID       int     `json:"new_pid"`
-	Error        string  `json:"error,omitempty"`
+	// From the load's own requests (computeCutover): trigger -> start of
+	// the first request answered by the new PID, and trigger -> start of
+	// the first request on a fresh connection from which on every request
+	// on a fresh connection (until the next trigger) was answered by the
+	// new PID. -1: not seen.
+	FirstNewByLoadMs float64 `json:"first_new_by_load_ms"`
+	AllNewByLoadMs   float64 `json:"all_new_conns_by_load_ms"`
+	// WithoutLoad: the load had stopped before the old instance was gone
+	// (or before the trigger), so the restart's losses were not measured.
+	WithoutLoad bool   `json:"without_load,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 type idleResult struct {
@@ -125,14 +135,22 @@ func runScenario(ctx context.Context, bc *benchCtx, mi methodInfo, sc scenario) 
 	if !mi.restart {
 		restarts = 0
 	}
-	total := sc.warmup + time.Duration(max(sc.restarts-1, 0))*sc.interval + sc.tail
+	// The load runs at least for the planned schedule, and on until the last
+	// old instance is gone plus the tail: a restart that overruns its slot
+	// still happens under load, and so does the end of every drain. The
+	// deadline only bounds the load if something hangs (each restart waits
+	// at most restartLimit for the old instance).
+	planned := sc.warmup + time.Duration(max(sc.restarts-1, 0))*sc.interval + sc.tail
 	t0 := time.Now()
+	stopLoad := make(chan struct{})
 	cfg := loadConfig{addr: addr, mode: sc.mode, path: sc.path, clients: sc.clients, timeout: sc.timeout,
-		maxReqs: 5_000_000, t0: t0, deadline: t0.Add(total)}
+		maxReqs: 5_000_000, t0: t0, stop: stopLoad,
+		deadline: t0.Add(planned + time.Duration(restarts)*(sc.interval+restartLimit+5*time.Second))}
 	var samples []sample
 	loadDone := make(chan struct{})
 	go func() { samples = runLoad(ctx, cfg); close(loadDone) }()
 
+	stopAt := t0.Add(planned)
 	for i := 0; i < restarts; i++ {
 		at := t0.Add(sc.warmup + time.Duration(i)*sc.interval)
 		if d := time.Until(at); d > 0 {
@@ -148,12 +166,25 @@ func runScenario(ctx context.Context, bc *benchCtx, mi methodInfo, sc scenario) 
 		res.Restarts = append(res.Restarts, ev)
 		progress("  %s/%s restart %d: new serving %s, old gone %s %s", mi.name, sc.mode, i+1,
 			fmtMs(ev.NewServingMs), fmtMs(ev.OldGoneMs), ev.Error)
+		if ev.OldGoneMs >= 0 {
+			gone := t0.Add(time.Duration(ev.AtSec*float64(time.Second)) + time.Duration(ev.OldGoneMs*float64(time.Millisecond)))
+			if end := gone.Add(sc.tail); end.After(stopAt) {
+				stopAt = end
+			}
+		}
 		if ev.Error != "" {
 			res.Error = fmt.Sprintf("restart %d: %s", i+1, ev.Error)
 			break
 		}
 	}
+	select {
+	case <-time.After(time.Until(stopAt)):
+	case <-ctx.Done():
+	case <-loadDone:
+	}
+	close(stopLoad)
 	<-loadDone
+	elapsed := time.Since(t0)
 	if ctx.Err() != nil && res.Error == "" {
 		res.Error = "interrupted"
 	}
@@ -168,10 +199,15 @@ func runScenario(ctx context.Context, bc *benchCtx, mi methodInfo, sc scenario) 
 	}
 	m.stop(e)
 	res.Supervisor = m.supervisor()
-	res.DurationSec = total.Seconds()
-	summarize(res, samples, total)
+	res.DurationSec = elapsed.Seconds()
+	computeCutover(res.Restarts, samples)
+	summarize(res, samples, elapsed)
 	return res
 }
+
+// restartLimit bounds each restart: the new instance must answer, and the
+// old one be gone, within it.
+const restartLimit = 60 * time.Second
 
 // measureRestart triggers one restart and measures trigger -> first answer
 // by a new PID (on fresh connections, every 5 ms) and trigger -> old PID gone.
@@ -180,10 +216,10 @@ func measureRestart(e *env, m method, pr *prober, n int, t0 time.Time) restartEv
 	if p, err := pr.pid(); err == nil {
 		old = p
 	}
-	ev := restartEvent{OldPID: old, NewServingMs: -1, OldGoneMs: -1}
+	ev := restartEvent{OldPID: old, NewServingMs: -1, OldGoneMs: -1, FirstNewByLoadMs: -1, AllNewByLoadMs: -1}
 	start := time.Now()
 	ev.AtSec = start.Sub(t0).Seconds()
-	const limit = 60 * time.Second
+	const limit = restartLimit
 	trig := make(chan error, 1)
 	go func() { trig <- m.trigger(e, n) }()
 
@@ -223,9 +259,9 @@ func measureRestart(e *env, m method, pr *prober, n int, t0 time.Time) restartEv
 	case terr != nil:
 		ev.Error = terr.Error()
 	case ev.NewServingMs < 0:
-		ev.Error = "no new instance answered within 60s"
+		ev.Error = fmt.Sprintf("no new instance answered within %v", limit)
 	case ev.OldGoneMs < 0:
-		ev.Error = fmt.Sprintf("old instance %d still running after 60s (%s)", old, procState(old))
+		ev.Error = fmt.Sprintf("old instance %d still running after %v (%s)", old, limit, procState(old))
 	}
 	if ev.NewPID != 0 {
 		e.curPID = ev.NewPID

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"math"
 	"slices"
 	"time"
 )
@@ -150,5 +152,64 @@ func summarize(res *runResult, ss []sample, total time.Duration) {
 	}
 	if steadyDur > 0 {
 		res.SteadyRPS = float64(steadyOK) / steadyDur.Seconds()
+	}
+}
+
+// computeCutover fills, for each restart, what the load's own requests saw
+// (FirstNewByLoadMs, AllNewByLoadMs) and whether the load was still running
+// when the old instance was gone (WithoutLoad). A restart's window runs
+// from its trigger to the next trigger (the last one: to the end). The new
+// instance is the restart's NewPID, the one the prober found; when the
+// prober found none, any PID other than OldPID that answered.
+func computeCutover(evs []restartEvent, ss []sample) {
+	ss = slices.Clone(ss)
+	slices.SortFunc(ss, func(a, b sample) int { return cmp.Compare(a.start, b.start) })
+	var lastStart int64 = -1
+	if len(ss) > 0 {
+		lastStart = ss[len(ss)-1].start
+	}
+	for i := range evs {
+		ev := &evs[i]
+		ev.FirstNewByLoadMs, ev.AllNewByLoadMs = -1, -1
+		at := int64(ev.AtSec * 1e9)
+		end := int64(math.MaxInt64)
+		if i+1 < len(evs) {
+			end = int64(evs[i+1].AtSec * 1e9)
+		}
+		// The load must have sent a request after the old instance was gone
+		// (after the trigger, if it never went).
+		needed := at
+		if ev.OldGoneMs >= 0 {
+			needed = at + int64(ev.OldGoneMs*1e6)
+		}
+		ev.WithoutLoad = lastStart < needed
+		isNew := func(pid int32) bool {
+			if ev.NewPID != 0 {
+				return int(pid) == ev.NewPID
+			}
+			return pid != 0 && int(pid) != ev.OldPID
+		}
+		lo, _ := slices.BinarySearchFunc(ss, at, func(s sample, t int64) int { return cmp.Compare(s.start, t) })
+		allNew := int64(-1) // start of the first fresh request to the new PID since the last fresh one that was not
+		for _, s := range ss[lo:] {
+			if s.start >= end {
+				break
+			}
+			if ev.FirstNewByLoadMs < 0 && isNew(s.pid) {
+				ev.FirstNewByLoadMs = float64(s.start-at) / 1e6
+			}
+			if !s.fresh {
+				continue
+			}
+			switch {
+			case !isNew(s.pid):
+				allNew = -1
+			case allNew < 0:
+				allNew = s.start
+			}
+		}
+		if allNew >= 0 {
+			ev.AllNewByLoadMs = float64(allNew-at) / 1e6
+		}
 	}
 }

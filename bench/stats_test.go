@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -97,5 +98,39 @@ func TestClassifyAnswer(t *testing.T) {
 				t.Errorf("classifyAnswer(%d, %q, %v) = %s, want %s", c.status, c.body, c.bodyErr, kindNames[got], kindNames[c.want])
 			}
 		})
+	}
+}
+
+func TestComputeCutover(t *testing.T) {
+	ms := int64(time.Millisecond)
+	const oldPID, newPID = 10, 20
+	// Restart 1 at 1 s: the new instance got fresh connections from 1.030 s,
+	// but one fresh connection at 1.050 s still went to the old one (a
+	// request queued there), and a keep-alive request at 1.200 s too.
+	// Restart 2 at 3 s, old gone at 3.1 s, after which the load stopped.
+	ss := []sample{
+		{start: 900 * ms, pid: oldPID, fresh: true},
+		{start: 1010 * ms, pid: oldPID, fresh: true},
+		{start: 1030 * ms, pid: newPID, fresh: true},
+		{start: 1050 * ms, pid: oldPID, fresh: true},
+		{start: 1060 * ms, kind: kindRefused, fresh: true},
+		{start: 1070 * ms, pid: newPID, fresh: true},
+		{start: 1200 * ms, pid: oldPID},
+		{start: 1300 * ms, pid: newPID, fresh: true},
+		{start: 3050 * ms, pid: newPID, fresh: true},
+	}
+	slices.Reverse(ss) // clients' samples arrive out of order
+	evs := []restartEvent{
+		{AtSec: 1, OldPID: oldPID, NewPID: newPID, OldGoneMs: 400},
+		{AtSec: 3, OldPID: newPID, NewPID: 0, OldGoneMs: 100},
+	}
+	computeCutover(evs, ss)
+	if got := evs[0]; got.FirstNewByLoadMs != 30 || got.AllNewByLoadMs != 70 || got.WithoutLoad {
+		t.Errorf("restart 1: first new %v ms, all new %v ms, without load %v; want 30, 70, false",
+			got.FirstNewByLoadMs, got.AllNewByLoadMs, got.WithoutLoad)
+	}
+	if got := evs[1]; got.FirstNewByLoadMs != -1 || got.AllNewByLoadMs != -1 || !got.WithoutLoad {
+		t.Errorf("restart 2: first new %v ms, all new %v ms, without load %v; want -1, -1, true",
+			got.FirstNewByLoadMs, got.AllNewByLoadMs, got.WithoutLoad)
 	}
 }
