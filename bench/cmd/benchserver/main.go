@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,7 +29,7 @@ import (
 )
 
 var (
-	method       = flag.String("method", "plain", "tableflip | fdpass | naive | plain | runner")
+	method       = flag.String("method", "plain", "tableflip | tableflip-careful | fdpass | naive | plain | runner")
 	addr         = flag.String("addr", "127.0.0.1:8080", "address to listen on (loopback only)")
 	version      = flag.String("version", "1", "version reported in responses")
 	drainTimeout = flag.Duration("drain-timeout", 30*time.Second, "upper bound for the drain; the process exits 1s after it (not for -method runner, which follows CHANGEOVER_DRAIN_TIMEOUT)")
@@ -53,7 +54,9 @@ func main() {
 	case "fdpass":
 		err = runFDPass()
 	case "tableflip":
-		err = runTableflip()
+		err = runTableflip(false)
+	case "tableflip-careful":
+		err = runTableflip(true)
 	case "runner":
 		err = runRunner()
 	default:
@@ -109,17 +112,19 @@ func ready() {
 	fmt.Printf("READY pid=%d\n", os.Getpid())
 }
 
-func shutdown(srv *http.Server) error {
+// shutdown calls srv.Shutdown bounded by timeout and exits the process a
+// second after it regardless.
+func shutdown(srv *http.Server, timeout time.Duration) error {
 	start := time.Now()
 	log.Println("draining")
 	// The hammer (endless, tableflip's example): Shutdown's context does not
 	// bound its wait for Serve to return, which can hang when a listener's
 	// accept is stuck in the kernel, so exit at the deadline regardless.
-	time.AfterFunc(*drainTimeout+time.Second, func() {
-		log.Printf("drain did not finish within %v: exiting", *drainTimeout)
+	time.AfterFunc(timeout+time.Second, func() {
+		log.Printf("drain did not finish within %v: exiting", timeout)
 		os.Exit(1)
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := srv.Shutdown(ctx)
 	log.Printf("drained in %v (err=%v)", time.Since(start).Round(time.Millisecond), err)
@@ -149,12 +154,15 @@ func runPlain(reuse bool) error {
 	case err := <-errc:
 		return err
 	}
-	return shutdown(srv)
+	return shutdown(srv, *drainTimeout)
 }
 
 // runTableflip follows tableflip's README / http example: SIGHUP upgrades,
-// the old process drains with Shutdown once Exit is closed.
-func runTableflip() error {
+// the old process drains with Shutdown once Exit is closed. With careful,
+// the old process drains the careful way instead (carefulDrain), so that
+// the bench can tell the losses of tableflip's handover from those of a
+// drain that calls Shutdown at once.
+func runTableflip(careful bool) error {
 	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: 30 * time.Second})
 	if err != nil {
 		return err
@@ -178,8 +186,14 @@ func runTableflip() error {
 		return err
 	}
 	srv := newServer()
+	var drain *connTracker
+	if careful {
+		drain = trackConns(srv)
+	}
+	served := make(chan struct{})
 	go func() {
-		if err := srv.Serve(ln); err != http.ErrServerClosed {
+		defer close(served)
+		if err := srv.Serve(ln); err != http.ErrServerClosed && !(careful && errors.Is(err, net.ErrClosed)) {
 			log.Println("serve:", err)
 		}
 	}()
@@ -188,7 +202,10 @@ func runTableflip() error {
 	}
 	ready()
 	<-upg.Exit()
-	return shutdown(srv)
+	if careful {
+		return carefulDrain(srv, ln, served, drain)
+	}
+	return shutdown(srv, *drainTimeout)
 }
 
 // runFDPass is the fd-passing pattern of facebookgo/grace and fvbock/endless:
@@ -236,7 +253,7 @@ func runFDPass() error {
 		case s := <-sig:
 			if s != syscall.SIGHUP {
 				log.Println("got", s)
-				return shutdown(srv)
+				return shutdown(srv, *drainTimeout)
 			}
 			log.Println("got SIGHUP: fork")
 			if forked {
