@@ -25,9 +25,10 @@ var (
 	flagClients  = flag.Int("clients", 8, "concurrent clients")
 	flagRestarts = flag.Int("restarts", 0, "restarts per run (default 10, -quick 2)")
 	flagInterval = flag.Duration("interval", 0, "time between restarts (default 3s, -quick 2s)")
-	flagMethods  = flag.String("methods", "", "comma list of methods (default all): bare,run,swap,tableflip,fdpass,naive,stopstart")
+	flagMethods  = flag.String("methods", "", "comma list of methods (default all): bare,run,swap,tableflip,tableflip-careful,fdpass,naive,stopstart")
 	flagModes    = flag.String("modes", "", "comma list of load modes (default all): newconn,keepalive,post")
 	flagOut      = flag.String("out", "results", "directory for the JSON and SVG results")
+	flagTables   = flag.Bool("tables", false, "run no bench: regenerate the tables between <!-- bench:table NAME FILE BEGIN/END --> markers in the markdown files given as arguments, from the results JSON FILE (relative to bench/)")
 )
 
 var progressStart = time.Now()
@@ -75,6 +76,13 @@ type report struct {
 }
 
 func run() int {
+	if *flagTables {
+		return runTables(flag.Args())
+	}
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "unexpected arguments %q (only -tables takes files)\n", flag.Args())
+		return 2
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	go func() {
@@ -160,6 +168,9 @@ func run() int {
 		Commit: commit, Dirty: len(dirtyPaths) > 0, DirtyPaths: dirtyPaths,
 		Changeover: map[bool]string{true: "built from ../cmd/changeover", false: bc.changeErr}[bc.changeover != ""],
 	}
+	if !needCO {
+		rep.Changeover = ""
+	}
 
 	var plan []func() *runResult
 	warm := 2 * time.Second
@@ -209,7 +220,7 @@ func run() int {
 	relativeToBare(rep.Runs)
 	rep.ElapsedSec = time.Since(progressStart).Seconds()
 
-	printReport(os.Stdout, rep, modes)
+	printReport(os.Stdout, rep)
 
 	if err := os.MkdirAll(*flagOut, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -226,7 +237,7 @@ func run() int {
 		return 1
 	}
 	var md strings.Builder
-	printReport(&md, rep, modes)
+	printReport(&md, rep)
 	mpath := filepath.Join(*flagOut, prefix+".md")
 	if err := os.WriteFile(mpath, []byte(md.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -240,6 +251,26 @@ func run() int {
 	progress("wrote %s, %s and %s (%.0fs in all)", jpath, mpath, spath, time.Since(progressStart).Seconds())
 	if ctx.Err() != nil {
 		return 130
+	}
+	return 0
+}
+
+// runTables is the -tables mode: regenerate the marked tables in files.
+func runTables(files []string) int {
+	if len(files) == 0 {
+		fmt.Fprintf(os.Stderr, "-tables needs markdown files, e.g. go run . -tables ../README.md\nmarkers: <!-- bench:table NAME results/full.json BEGIN --> ... <!-- bench:table NAME END -->; NAME is one of %s\n", tableNames())
+		return 2
+	}
+	changed, err := regenerateTables(".", files)
+	for _, f := range changed {
+		fmt.Fprintln(os.Stderr, "updated", f)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if len(changed) == 0 {
+		fmt.Fprintln(os.Stderr, "tables already up to date")
 	}
 	return 0
 }
