@@ -243,12 +243,17 @@ func run() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	hpath := filepath.Join(*flagOut, prefix+"-headline.svg")
+	if err := writeHeadline(hpath, rep); err != nil {
+		fmt.Fprintln(os.Stderr, "headline plot:", err)
+		return 1
+	}
 	spath := filepath.Join(*flagOut, prefix+".svg")
 	if err := writePlot(spath, rep, modes); err != nil {
 		fmt.Fprintln(os.Stderr, "plot:", err)
 		return 1
 	}
-	progress("wrote %s, %s and %s (%.0fs in all)", jpath, mpath, spath, time.Since(progressStart).Seconds())
+	progress("wrote %s, %s, %s and %s (%.0fs in all)", jpath, mpath, hpath, spath, time.Since(progressStart).Seconds())
 	if ctx.Err() != nil {
 		return 130
 	}
