@@ -147,8 +147,12 @@ func writeIdleTable(w io.Writer, rep *report) {
 			ic = fmt.Sprintf("%d / %d / %d / %d", r.Idle.FIN, r.Idle.Reset, r.Idle.Other, r.Idle.Open)
 			opened = r.Idle.Opened
 		}
-		fmt.Fprintf(w, "| %s | %d (%d) | %s | %d | %d (%s) | %d | %s |\n", titleCell(r), r.IdleConns, opened, restartTimes(r),
-			r.Requests, r.Failed, failKinds(r), r.Retries, ic)
+		failed := "0"
+		if r.Failed > 0 {
+			failed = fmt.Sprintf("%d (%s)", r.Failed, failKinds(r))
+		}
+		fmt.Fprintf(w, "| %s | %d (%d) | %s | %d | %s | %d | %s |\n", titleCell(r), r.IdleConns, opened, restartTimes(r),
+			r.Requests, failed, r.Retries, ic)
 	}
 }
 
