@@ -35,6 +35,8 @@ type diagSocket struct {
 	RQueue uint32 // for a listener: the accept-queue length
 	UID    uint32
 	Inode  uint32
+
+	groupKey // which reuseport group a listener can be in (group_diag_linux.go)
 }
 
 // diagTCP dumps the TCP sockets of this network namespace whose state is in
@@ -98,7 +100,7 @@ func diagFamily(family uint8, states uint32) ([]diagSocket, error) {
 			if len(m.Data) < sizeofInetDiagMsg {
 				continue
 			}
-			out = append(out, parseDiagMsg(m.Data))
+			out = append(out, withGroupKey(parseDiagMsg(m.Data), m.Data))
 		}
 	}
 }
