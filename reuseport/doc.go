@@ -51,6 +51,54 @@
 // namespace, [GroupSize] how many of them share one address, and
 // [HalfOpen] the peers of the connections still in SYN_RECV on an address.
 //
+// # Steering through placeholders
+//
+// [Group] lets a supervisor own a group's program for servers that know
+// nothing of it, through placeholder members of its own: sockets bound to
+// the group's address with the family, IPV6_V6ONLY and bound device that
+// sock_diag reports for the server's listener (the kernel groups only
+// sockets that agree on these and on the effective uid), listening with a
+// backlog of 0 and never accepted from. The slot rule:
+//
+//   - Dark: new connections are spread over the serving generation's slots
+//     only (a hash of the client's address and port, modulo their count,
+//     then a jump table); members that join later receive nothing.
+//   - ProbeTo: connections from the supervisor's probe address (read from
+//     the IP header through SKF_NET_OFF: IPv4, IPv6, and IPv4 on a
+//     dual-stack listener) go to the new generation's slots instead.
+//   - Cutover: one setsockopt switches the rule to the new generation's
+//     slots.
+//   - PrepareDepartures: a leaving member's slot gets the group's last
+//     member, and an index past the end falls back to the hash over all
+//     members, old ones included. So before the old generation is stopped,
+//     as many placeholders as it has members are appended: every departure,
+//     in any order, then moves a placeholder, and the new slots never move.
+//   - Compact: placeholders are closed afterwards, the program first
+//     leaving out any slot a close would vacate; Close closes them all when
+//     nothing serves, so that clients are refused rather than queued.
+//
+// The group's slot order is not visible from user space: Group keeps a
+// model of it from the joins and departures it sees (sock_diag, by inode)
+// and its own placeholders, as blocks of members whose order inside the
+// block is unknown (a generation's listeners appearing at once), which is
+// enough to target a whole generation. Each placeholder is checked against
+// the model when it joins: a connection of the supervisor's own, routed to
+// the slot the model gives it, must reach its queue. That connection stays
+// queued, so the placeholder's queue is full: a client SYN that reaches a
+// placeholder anyway (the group's very first placeholder joins before any
+// program exists; a steered member that crashes) is dropped and
+// retransmitted a second later, where the program then sends it, instead
+// of being queued and reset. Placeholders whose order became unknown (a
+// generation leaving all at once) are located again the same way, after a
+// listen(2) that gives each room for one more connection (listening again
+// changes only the backlog; the socket keeps its slot).
+//
+// Not covered: with net.ipv4.tcp_migrate_req=1 a closing listener's queue
+// is spread over the remaining members by the hash, ignoring the program,
+// so placeholders can receive such connections; with the listeners bound to
+// a device, placeholders are not plugged (a loopback connection cannot reach
+// them).
+//
 // Everything but Control and ListenConfig is Linux-only; elsewhere it returns
 // an error that matches [ErrNotSupported].
 package reuseport
