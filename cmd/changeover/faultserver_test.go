@@ -46,11 +46,21 @@ const (
 	faultFlap       = "flap"        // health alternates 200 and 503
 	faultIgnoreTerm = "ignore-term" // serves, ignores SIGTERM (never drains)
 	faultSendReady  = "send-ready"  // not a server: sends READY=1 to $STRANGER_SOCKET and exits
+	faultDaemonize  = "daemonize"   // serves, and leaves a setsid child holding its listener
 )
 
 func init() {
+	if os.Getenv(supervisor.EnvRelay) != "" {
+		return
+	}
+	if os.Getenv(envWrapper) != "" {
+		os.Exit(npmLikeWrapper())
+	}
+	if os.Getenv(envHold) != "" {
+		os.Exit(holdInheritedListener())
+	}
 	mode := os.Getenv(envFault)
-	if mode == "" || os.Getenv(supervisor.EnvRelay) != "" {
+	if mode == "" {
 		return
 	}
 	os.Exit(faultServer(mode))
@@ -109,6 +119,12 @@ func faultServer(mode string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fault server:", err)
 		return 1
+	}
+	if mode == faultDaemonize {
+		if err := startListenerHolder(ln); err != nil {
+			fmt.Fprintln(os.Stderr, "fault server:", err)
+			return 1
+		}
 	}
 	answer := fmt.Sprintf("version=%s pid=%d\n", version, os.Getpid())
 	mux := http.NewServeMux()

@@ -334,3 +334,18 @@ func killGroups(e *env, p *inProcess) {
 		}
 	}
 }
+
+// startArgv is startInProcess with another command line than the test
+// binary.
+func (e *env) startArgv(argv []string, flags ...string) *inProcess {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &inProcess{errc: make(chan error, 1), cancel: cancel, stderr: &syncBuffer{}, stdout: &syncBuffer{}}
+	args := append(append(append([]string{"run", "--control", e.sock, "--env-file", e.envFile}, flags...), "--"), argv...)
+	go func() { p.errc <- run(ctx, args, p.stdout, p.stderr) }()
+	e.t.Cleanup(func() {
+		cancel()
+		p.wait(e.t, 20*time.Second)
+	})
+	return p
+}

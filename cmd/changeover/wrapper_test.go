@@ -1,0 +1,229 @@
+//go:build linux
+
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Wrappers: COMMAND is often not the server itself but a process that starts
+// it and does not exec it (sh run.sh, npm start). Such a wrapper exits at
+// the first SIGTERM while the server drains in the same process group.
+const (
+	// envWrapper makes the test binary an npm-like wrapper: it starts
+	// itself (without envWrapper) as a child in its own process group,
+	// forwards SIGTERM and SIGINT to it and exits at once, without
+	// waiting for the child.
+	envWrapper = "CHANGEOVER_TEST_WRAPPER"
+	// envHold makes the test binary hold fd 3 (a listener inherited from
+	// a server that daemonized it) until killed, for at most a minute,
+	// after writing its PID to HELPER_PIDDIR.
+	envHold = "CHANGEOVER_TEST_HOLD"
+)
+
+func npmLikeWrapper() int {
+	cmd := exec.Command(os.Args[0])
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envWrapper+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "wrapper:", err)
+		return 1
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case sig := <-sigs:
+		_ = cmd.Process.Signal(sig)
+		fmt.Fprintln(os.Stderr, "wrapper: forwarded", sig, "and exits without waiting")
+		return 0
+	case err := <-exited:
+		if err != nil {
+			return 1
+		}
+		return 0
+	}
+}
+
+// startListenerHolder starts a child in a session of its own (setsid, as a
+// daemonizing server does) that inherits ln.
+func startListenerHolder(ln net.Listener) error {
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return fmt.Errorf("listener file: %w", err)
+	}
+	defer f.Close()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envHold+"=1")
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start listener holder: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+func holdInheritedListener() int {
+	if dir := os.Getenv(envPidDir); dir != "" {
+		_ = os.WriteFile(filepath.Join(dir, strconv.Itoa(os.Getpid())), nil, 0o644)
+	}
+	signal.Ignore(syscall.SIGTERM)
+	time.Sleep(time.Minute)
+	return 0
+}
+
+// wrapperServer returns the PID of the one fault server (not the wrapper)
+// alive among the helpers, waiting until there is exactly one.
+func (e *env) wrapperServer(t *testing.T, except ...int) int {
+	t.Helper()
+	var pid int
+	waitFor(t, 10*time.Second, "one server process", func() bool {
+		var alive []int
+		for _, p := range e.aliveHelpers() {
+			if !containsInt(except, p) {
+				alive = append(alive, p)
+			}
+		}
+		if len(alive) == 1 {
+			pid = alive[0]
+		}
+		return len(alive) == 1
+	})
+	return pid
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// TestWrapperKeepsDrain: COMMAND is a wrapper that does not exec the
+// server (sh -c 'server; true', an npm-like wrapper that exits at the first
+// SIGTERM). The wrapper leaves at once; the server in its process group
+// must still drain: a request in flight on the old generation finishes, and
+// the drain is logged killed=false. The same wrapper around a server that
+// ignores SIGTERM is SIGKILLed at the drain deadline, not before, and logged
+// killed=true.
+func TestWrapperKeepsDrain(t *testing.T) {
+	shell := func(e *env) []string { return []string{"/bin/sh", "-c", e.exe + "; true"} }
+	npm := func(e *env) []string { return []string{e.exe} }
+	for _, tc := range []struct {
+		name    string
+		command func(*env) []string
+		env     []string
+	}{
+		// With -race, a Go program sleeps 1 s before it exits (the race
+		// runtime's atexit_sleep_ms): the wrapper must leave at once.
+		{"sh-no-exec", shell, []string{"GORACE=atexit_sleep_ms=0"}},
+		{"npm-like", npm, []string{"GORACE=atexit_sleep_ms=0", envWrapper + "=1"}},
+	} {
+		t.Run(tc.name+"/drains", func(t *testing.T) {
+			e := newEnv(t)
+			e.setFault(faultOK, "1", tc.env...)
+			p := e.startArgv(tc.command(e), "--drain-timeout", "10s")
+			st := e.waitServing(p, 1)
+			wrapper1 := servingPID(t, st)
+			server1 := e.wrapperServer(t)
+			if server1 == wrapper1 {
+				t.Fatalf("the server is the wrapper (pid %d): the command exec'd it", server1)
+			}
+			burst(t, e.addr, 10, "1", server1)
+			slow := slowRequest(t, e.addr, 1500*time.Millisecond)
+			accepted(t, e.addr)
+			e.setFault(faultOK, "2", tc.env...)
+			start := time.Now()
+			if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
+				t.Fatalf("reload: exit %d: %s\n%s", code, stderr, p.stderr.String())
+			}
+			took := time.Since(start)
+			if got := <-slow; !strings.HasPrefix(got, fmt.Sprintf("version=1 pid=%d", server1)) {
+				t.Errorf("request in flight on generation 1 answered %q: the server was killed during its drain (reload took %v)", got, took.Round(time.Millisecond))
+			}
+			groupGone(t, st.Generations[0].PGID)
+			logs := p.stderr.String()
+			if !strings.Contains(logs, "msg=\"instance exited\" generation=1") || !strings.Contains(logs, "killed=false") {
+				t.Errorf("generation 1's drain not logged as a drain (killed=false):\n%s", logs)
+			}
+			st = e.waitServing(p, 2)
+			burst(t, e.addr, 20, "2", e.wrapperServer(t, server1))
+		})
+		t.Run(tc.name+"/deadline", func(t *testing.T) {
+			e := newEnv(t)
+			e.setFault(faultIgnoreTerm, "1", tc.env...)
+			const drain = time.Second
+			p := e.startArgv(tc.command(e), "--drain-timeout", drain.String())
+			st := e.waitServing(p, 1)
+			server1 := e.wrapperServer(t)
+			e.setFault(faultOK, "2", tc.env...)
+			start := time.Now()
+			if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
+				t.Fatalf("reload: exit %d: %s", code, stderr)
+			}
+			took := time.Since(start)
+			// The reload includes generation 2's start (well under 5 s here)
+			// and the kill at the deadline.
+			if took < drain || took > drain+5*time.Second {
+				t.Errorf("reload took %v; want the drain deadline %v, and not much more", took.Round(time.Millisecond), drain)
+			}
+			groupGone(t, st.Generations[0].PGID)
+			if syscall.Kill(server1, 0) == nil {
+				t.Errorf("server %d of generation 1 still alive", server1)
+			}
+			if logs := p.stderr.String(); !strings.Contains(logs, "killed=true") {
+				t.Errorf("kill at the deadline not logged killed=true:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestDaemonizedServerReported: a server that leaves its process group
+// (setsid, as daemonizing servers do) is not tracked by the drain; when the
+// group is empty but a process outside it still holds one of the group's
+// listening sockets, the supervisor says so.
+func TestDaemonizedServerReported(t *testing.T) {
+	e := newEnv(t)
+	e.setFault(faultDaemonize, "1")
+	p := e.startInProcess("--drain-timeout", "3s")
+	e.waitServing(p, 1)
+	var holder int
+	waitFor(t, 5*time.Second, "the setsid child", func() bool {
+		for _, pid := range e.aliveHelpers() {
+			if sid, _ := unix.Getsid(pid); sid == pid {
+				holder = pid
+			}
+		}
+		return holder != 0
+	})
+	e.setFault(faultOK, "2")
+	if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, stderr)
+	}
+	want := fmt.Sprintf("pid=%d", holder)
+	waitFor(t, 5*time.Second, "a log line about the untracked process", func() bool {
+		logs := p.stderr.String()
+		return strings.Contains(logs, "left its process group") && strings.Contains(logs, want)
+	})
+	_ = syscall.Kill(holder, syscall.SIGKILL)
+}
