@@ -227,3 +227,58 @@ func TestDaemonizedServerReported(t *testing.T) {
 	})
 	_ = syscall.Kill(holder, syscall.SIGKILL)
 }
+
+// TestSwapWrapperGroup: swap retires the old instance by process group as
+// run does: with a wrapper that does not exec the server, the server still
+// drains (a request in flight finishes), and a server that ignores SIGTERM
+// is SIGKILLed at the drain deadline with the rest of the group, not left
+// running beside the new instance.
+func TestSwapWrapperGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name, mode string
+		killed     bool
+	}{
+		{"drains", faultOK, false},
+		{"deadline", faultIgnoreTerm, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			pidfile := filepath.Join(e.dir, "app.pid")
+			e.setFault(tc.mode, "1", "GORACE=atexit_sleep_ms=0")
+			swap := func() (int, string) {
+				code, _, stderr := cli("swap", "--pidfile", pidfile, "--env-file", e.envFile, "--ready-timeout", "10s",
+					"--drain-timeout", "2s", "--", "/bin/sh", "-c", e.exe+"; true")
+				return code, stderr
+			}
+			if code, stderr := swap(); code != 0 {
+				t.Fatalf("first swap: exit %d: %s", code, stderr)
+			}
+			server1 := e.wrapperServer(t)
+			var slow <-chan string
+			if !tc.killed {
+				slow = slowRequest(t, e.addr, time.Second)
+				accepted(t, e.addr)
+			}
+			e.setFault(faultOK, "2", "GORACE=atexit_sleep_ms=0")
+			start := time.Now()
+			code, stderr := swap()
+			took := time.Since(start)
+			if code != 0 {
+				t.Fatalf("second swap: exit %d: %s", code, stderr)
+			}
+			if want := fmt.Sprintf("killed=%v", tc.killed); !strings.Contains(stderr, want) {
+				t.Errorf("swap log lacks %s:\n%s", want, stderr)
+			}
+			if tc.killed && (took < 2*time.Second || took > 2*time.Second+8*time.Second) {
+				t.Errorf("swap took %v; want the 2 s drain deadline, and not much more", took.Round(time.Millisecond))
+			}
+			if slow != nil {
+				if got := <-slow; !strings.HasPrefix(got, fmt.Sprintf("version=1 pid=%d", server1)) {
+					t.Errorf("request in flight on the old server answered %q", got)
+				}
+			}
+			waitFor(t, 5*time.Second, "the old server gone", func() bool { return syscall.Kill(server1, 0) != nil })
+			burst(t, e.addr, 20, "2", e.wrapperServer(t, server1))
+		})
+	}
+}
