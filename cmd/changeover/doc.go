@@ -107,10 +107,22 @@
 // SIGHUP, `changeover reload`, or --watch start generation N+1, wait until
 // it is ready, send the stop signal (SIGTERM unless --stop-signal) to
 // generation N (its process group, or its main process with --kill-mode
-// main), wait up to the drain
-// timeout, SIGKILL what is left of the group and wait until the group is
-// empty. Only then is the reload over, so the ports never hold more than two
-// generations. Reloads asked for while one runs are coalesced into one more;
+// main), wait until the group is empty or the drain timeout passes, then
+// SIGKILL what is left of the group (logged killed=true; killed=false when
+// the group emptied in time) and wait until it is empty. Only then is the
+// reload over, so the ports never hold more than two generations. The whole
+// group counts, not only COMMAND: a wrapper that does not exec the server
+// (sh run.sh, npm start) may exit at the first SIGTERM while the server
+// drains in its group.
+//
+// A process that leaves the group (setsid; a server that daemonizes, such as
+// nginx with its default "daemon on") is not tracked: it is neither drained
+// nor killed. When the group is empty but a process outside it still holds
+// one of the group's listening sockets, the supervisor logs "a process
+// started by this generation left its process group ..." with its PID. Run
+// servers in the foreground (nginx: daemon off).
+//
+// Reloads asked for while one runs are coalesced into one more;
 // every `reload` waiting for it gets its outcome. If N+1 exits or is not
 // ready in time it is killed with its group and N keeps serving. COMMAND's
 // path, --dir and --env-file are resolved again at each reload, so a binary
@@ -188,7 +200,8 @@
 // (--stop-signal, SIGTERM by default) to the process
 // that F named (only if its start time still matches: a reused PID is never
 // signalled, it is reported and treated as a first deploy), waits for it to
-// exit (--drain-timeout, then SIGKILL) and exits 0. A failed new instance is
+// exit with its whole process group (--drain-timeout, then SIGKILL of the
+// group, as run does) and exits 0. A failed new instance is
 // killed; F and the old process are left alone. Concurrent swaps on one F are
 // serialised by a flock on F.lock. An empty, garbage or unwritable F exits 2
 // with nothing touched. swap takes --log, --dir, --env-file, --health,

@@ -86,3 +86,28 @@ func Missing(have, want []netip.AddrPort) []netip.AddrPort {
 	}
 	return out
 }
+
+// GroupListenInodes returns the inodes of the TCP listening sockets that the
+// processes of process group pgid hold.
+func GroupListenInodes(pgid int) (map[uint64]bool, error) {
+	if listeningSockets == nil {
+		return nil, ErrUnavailable
+	}
+	all, err := listeningSockets()
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	listening := make(map[uint64]bool, len(all))
+	for _, s := range all {
+		listening[s.Inode] = true
+	}
+	out := map[uint64]bool{}
+	for _, pid := range GroupMembers(pgid) {
+		for ino := range SocketInodes(pid) {
+			if listening[ino] {
+				out[ino] = true
+			}
+		}
+	}
+	return out, nil
+}

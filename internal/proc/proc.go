@@ -198,3 +198,45 @@ func CheckOwnNamespace() error {
 	}
 	return nil
 }
+
+// SocketHolders returns the live processes started at or after since (clock
+// ticks after boot) that hold one of the sockets inodes. A process that
+// inherited a socket from a process group and then left the group (setsid,
+// as a daemonizing server does) still holds the same socket, so the same
+// inode.
+func SocketHolders(inodes map[uint64]bool, since uint64) []int {
+	if len(inodes) == 0 {
+		return nil
+	}
+	all, err := pids()
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, pid := range all {
+		st, err := ReadStat(pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' || st.StartTime < since {
+			continue
+		}
+		for ino := range SocketInodes(pid) {
+			if inodes[ino] {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// GroupEmpty reports whether no live (non-zombie) process is left in
+// process group pgid.
+func GroupEmpty(pgid int) bool {
+	if pgid <= 1 {
+		return true // not a group we could signal
+	}
+	if err := unix.Kill(-pgid, 0); errors.Is(err, unix.ESRCH) {
+		return true
+	}
+	// kill(2) also finds zombies, which hold nothing: look closer.
+	return len(GroupMembers(pgid)) == 0
+}

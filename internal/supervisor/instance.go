@@ -435,23 +435,107 @@ func waitReady(ctx context.Context, in *Instance, notify bool, probes []healthch
 	return nil
 }
 
+// stopOutcome is how an instance's stop went.
+type stopOutcome struct {
+	// Killed: a process of the group was still there at the deadline (or
+	// at a hurry) and got SIGKILL.
+	Killed bool
+	// Untracked lists processes outside the group that hold a listening
+	// socket the group held when the stop began: started by the instance,
+	// they left its process group (setsid, a daemonizing server) and are
+	// neither drained nor killed.
+	Untracked []int
+}
+
+// groupPollInterval is how often stopInstance looks for the members left
+// in a group once its leader has exited.
+const groupPollInterval = 20 * time.Millisecond
+
 // stopInstance sends l's stop signal to the instance (its group, or its
-// main process, as l's kill mode says), waits up to drain (or until hurry
-// is closed), then SIGKILLs what is left of the group and waits until the
-// group is empty (bounded).
-func stopInstance(in *Instance, l *Launch, drain time.Duration, hurry <-chan struct{}, log *slog.Logger) (killed bool) {
+// main process, as l's kill mode says) and waits until the group is empty, up to drain (or until hurry is closed); then it
+// SIGKILLs what is left of the group and waits until the group is empty
+// (bounded).
+//
+// Empty means the leader has exited and no other member is left: the
+// leader is often a wrapper that does not exec the server (sh run.sh, npm
+// start), which exits at the first SIGTERM while the server drains in the
+// same group. Waiting for the leader alone would cut that drain.
+//
+// A process that left the group (setsid) is not waited for nor killed; if
+// it holds one of the group's listening sockets, it is listed in Untracked.
+// An instance whose PGID is 0 (a process taken over from another tool that
+// does not lead a group of its own) is signalled by PID alone.
+func stopInstance(in *Instance, l *Launch, drain time.Duration, hurry <-chan struct{}, log *slog.Logger) stopOutcome {
+	var sockets map[uint64]bool
+	if in.PGID > 0 {
+		sockets, _ = proc.GroupListenInodes(in.PGID)
+	}
 	sendStop(in, l, log)
 	t := time.NewTimer(drain)
 	defer t.Stop()
+	var out stopOutcome
+	var tick <-chan time.Time
+	done := in.done
+wait:
+	for {
+		select {
+		case <-done:
+			// The leader has exited: from now on, poll the group.
+			done = nil
+			tk := time.NewTicker(groupPollInterval)
+			defer tk.Stop()
+			tick = tk.C
+		case <-tick:
+		case <-t.C:
+			break wait
+		case <-hurry:
+			break wait
+		}
+		if done == nil && in.groupEmpty() {
+			break wait
+		}
+	}
 	select {
 	case <-in.done:
-	case <-t.C:
-		killed = true
-	case <-hurry:
-		killed = true
+		out.Killed = !in.groupEmpty()
+	default:
+		out.Killed = true
 	}
-	killGroupAndWait(in)
-	return killed
+	if out.Killed {
+		if in.PGID > 0 {
+			killGroupAndWait(in)
+		} else {
+			in.signal(unix.SIGKILL)
+			select {
+			case <-in.done:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	out.Untracked = proc.SocketHolders(sockets, in.StartTicks)
+	return out
+}
+
+// signal sends sig to the instance's process group, or to its PID alone if
+// it has no group of its own (PGID 0) and is still the process started at
+// StartTicks.
+func (in *Instance) signal(sig unix.Signal) {
+	if in.PGID > 0 {
+		_ = proc.KillGroup(in.PGID, sig)
+		return
+	}
+	if proc.Alive(in.PID, in.StartTicks) && in.StartTicks != 0 {
+		_ = unix.Kill(in.PID, sig)
+	}
+}
+
+// groupEmpty reports whether the instance's process group has no live
+// member left (for PGID 0: whether the process has exited).
+func (in *Instance) groupEmpty() bool {
+	if in.PGID > 0 {
+		return proc.GroupEmpty(in.PGID)
+	}
+	return !proc.Alive(in.PID, in.StartTicks)
 }
 
 // killGroupAndWait SIGKILLs the instance's group and waits (bounded) until

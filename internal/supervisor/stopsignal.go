@@ -59,7 +59,7 @@ func sendStop(in *Instance, l *Launch, log *slog.Logger) []int {
 		// is not in the list.
 		pids = proc.GroupMembers(in.PGID)
 		_ = proc.KillGroup(in.PGID, sig)
-	} else if in.PID > 1 && (in.StartTicks == 0 || proc.Alive(in.PID, in.StartTicks)) {
+	} else if in.PID > 1 && in.StartTicks != 0 && proc.Alive(in.PID, in.StartTicks) {
 		if unix.Kill(in.PID, sig) == nil {
 			pids = []int{in.PID}
 		}

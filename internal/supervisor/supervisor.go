@@ -591,16 +591,26 @@ func (s *Supervisor) retire(old *Instance) {
 	drain := s.cfg.Launch.DrainTimeout
 	s.cfg.SDNotify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (drain + 10*time.Second).Microseconds()))
 	s.log.Info("draining", KeyGeneration, old.Gen, KeyPID, old.PID)
-	killed := stopInstance(old, &s.cfg.Launch, drain, s.hurry, s.log)
+	out := stopInstance(old, &s.cfg.Launch, drain, s.hurry, s.log)
 	old.setState(StateExited)
 	old.closeNotify()
 	s.saveState()
+	logStopped(s.log, old, out, start)
+}
+
+// logStopped logs how a retired instance ended, and the processes it left
+// behind outside its process group.
+func logStopped(log *slog.Logger, in *Instance, out stopOutcome, start time.Time) {
 	lvl := slog.LevelInfo
-	if killed {
+	if out.Killed {
 		lvl = slog.LevelWarn
 	}
-	s.log.Log(context.Background(), lvl, "instance exited", KeyGeneration, old.Gen, KeyPID, old.PID,
-		"status", old.ExitStatus(), "killed", killed, KeyDuration, time.Since(start).Round(time.Millisecond))
+	log.Log(context.Background(), lvl, "instance exited", KeyGeneration, in.Gen, KeyPID, in.PID,
+		"status", in.ExitStatus(), "killed", out.Killed, KeyDuration, time.Since(start).Round(time.Millisecond))
+	for _, pid := range out.Untracked {
+		log.Warn("a process started by this generation left its process group (setsid or daemonized) and still holds its listening socket; it is not tracked, drained or killed",
+			KeyGeneration, in.Gen, KeyPID, pid, "pgid", in.PGID)
+	}
 }
 
 func (s *Supervisor) shutdown(cancel context.CancelFunc, workers ...chan Result) error {

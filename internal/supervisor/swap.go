@@ -119,6 +119,9 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 				"pidfile", cfg.Pidfile, KeyPID, rec.PID, "want_start", rec.Ticks, "have_start", st.StartTime)
 		default:
 			old = adopt(rec.Gen, rec.PID, st.PGID, st.StartTime, rec.Health)
+			if st.PGID != rec.PID || st.PGID == unix.Getpgrp() {
+				old.PGID = 0 // not a group of its own: signal the PID alone
+			}
 		}
 	}
 
@@ -161,32 +164,9 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	}
 	res.OldPID = old.PID
 	start := time.Now()
-	if !proc.Alive(old.PID, old.StartTicks) {
-		return res, nil
-	}
-	own := unix.Getpgrp()
-	signal := func(sig unix.Signal) {
-		if old.PGID == old.PID && old.PGID != own {
-			_ = proc.KillGroup(old.PGID, sig)
-		} else if proc.Alive(old.PID, old.StartTicks) {
-			_ = unix.Kill(old.PID, sig)
-		}
-	}
-	sendStop(old, &l, log)
-	t := time.NewTimer(l.DrainTimeout)
-	defer t.Stop()
-	select {
-	case <-old.done:
-	case <-t.C:
-		res.OldKilled = true
-		signal(unix.SIGKILL)
-		select {
-		case <-old.done:
-		case <-time.After(5 * time.Second):
-		}
-	}
-	log.Info("old instance exited", KeyGeneration, old.Gen, KeyPID, old.PID, "killed", res.OldKilled,
-		KeyDuration, time.Since(start).Round(time.Millisecond))
+	out := stopInstance(old, &l, l.DrainTimeout, nil, log)
+	res.OldKilled = out.Killed
+	logStopped(log, old, out, start)
 	return res, nil
 }
 
