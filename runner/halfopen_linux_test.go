@@ -1,0 +1,79 @@
+//go:build linux
+
+package runner_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/changeover-dev/changeover/reuseport"
+	"github.com/changeover-dev/changeover/runner"
+)
+
+// TestHalfOpenNeverCompletingDoesNotHoldDrain: a SYN from a peer that never
+// answers (a port scanner, a spoofed source, a client that vanished) leaves a
+// request socket in SYN_RECV for about a minute. The old instance must not
+// wait for it: it stops at its first SYN-ACK retransmission (1 s after the
+// SYN), so the drain takes about a second, not the whole deadline.
+func TestHalfOpenNeverCompletingDoesNotHoldDrain(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	sink := makeSink(t)
+	addr := sinkServer + ":8080"
+	old := startAt(t, addr, runner.Options{DrainTimeout: 6 * time.Second}, text("old"))
+	startAt(t, addr, runner.Options{}, text("new"))
+
+	ap := netip.MustParseAddrPort(addr)
+	peer := newRawPeer(t, sink, 40001, ap)
+	peer.write(tcpSYN, nil) // and never another segment
+	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.local]; return ok })
+
+	begin := time.Now()
+	old.stop()
+	err := old.wait(t)
+	took := time.Since(begin)
+	t.Logf("old instance's Run returned %v after %v with a never-completing half-open connection", err, took.Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("old Run: %v", err)
+	}
+	if took > 1500*time.Millisecond {
+		t.Fatalf("old Run took %v (drain budget 6s): the never-completing half-open connection held the drain", took)
+	}
+}
+
+// TestHalfOpenSlowFinalACKServed: a real handshake whose final ACK comes
+// 300 ms after the SYN-ACK, while the old instance drains, is still served
+// by the old instance (the rule that lets go of a never-completing
+// connection must not let go of a slow one).
+func TestHalfOpenSlowFinalACKServed(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	sink := makeSink(t)
+	addr := sinkServer + ":8080"
+	old := startAt(t, addr, runner.Options{DrainTimeout: 6 * time.Second}, text("old"))
+	startAt(t, addr, runner.Options{}, text("new"))
+
+	ap := netip.MustParseAddrPort(addr)
+	peer := newRawPeer(t, sink, 40002, ap)
+	peer.write(tcpSYN, nil)
+	peer.synAck(5 * time.Second)
+	synAcked := time.Now()
+	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.local]; return ok })
+
+	old.stop()
+	<-old.r.Draining()
+	time.Sleep(time.Until(synAcked.Add(300 * time.Millisecond)))
+	peer.write(tcpACK, nil) // the final ACK, 300 ms late
+	peer.write(tcpACK|tcpPSH, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	resp, body := peer.response(5 * time.Second)
+	t.Logf("final ACK 300 ms after the SYN-ACK, sent while the old instance drains: %s %q, Connection: close=%v", resp.Status, body, resp.Close)
+	if body != "old" || !resp.Close {
+		t.Fatalf("answer %q (close=%v), want %q from the old instance with Connection: close", body, resp.Close, "old")
+	}
+	if err := old.wait(t); err != nil {
+		t.Fatal(err)
+	}
+}
