@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/changeover-dev/changeover/internal/netnstest"
 	"github.com/changeover-dev/changeover/reuseport"
 	"github.com/changeover-dev/changeover/runner"
 )
@@ -17,18 +18,18 @@ import (
 // wait for it: it stops at its first SYN-ACK retransmission (1 s after the
 // SYN), so the drain takes about a second, not the whole deadline.
 func TestHalfOpenNeverCompletingDoesNotHoldDrain(t *testing.T) {
-	if !inOwnNetns(t) {
+	if !netnstest.Run(t) {
 		return
 	}
-	sink := makeSink(t)
-	addr := sinkServer + ":8080"
+	sink := netnstest.MakeSink(t)
+	addr := netnstest.SinkServer + ":8080"
 	old := startAt(t, addr, runner.Options{DrainTimeout: 6 * time.Second}, text("old"))
 	startAt(t, addr, runner.Options{}, text("new"))
 
 	ap := netip.MustParseAddrPort(addr)
-	peer := newRawPeer(t, sink, 40001, ap)
-	peer.write(tcpSYN, nil) // and never another segment
-	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.local]; return ok })
+	peer := netnstest.NewPeer(t, sink, 40001, ap)
+	peer.Write(netnstest.SYN, nil) // and never another segment
+	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.Local]; return ok })
 
 	begin := time.Now()
 	old.stop()
@@ -48,27 +49,27 @@ func TestHalfOpenNeverCompletingDoesNotHoldDrain(t *testing.T) {
 // by the old instance (the rule that lets go of a never-completing
 // connection must not let go of a slow one).
 func TestHalfOpenSlowFinalACKServed(t *testing.T) {
-	if !inOwnNetns(t) {
+	if !netnstest.Run(t) {
 		return
 	}
-	sink := makeSink(t)
-	addr := sinkServer + ":8080"
+	sink := netnstest.MakeSink(t)
+	addr := netnstest.SinkServer + ":8080"
 	old := startAt(t, addr, runner.Options{DrainTimeout: 6 * time.Second}, text("old"))
 	startAt(t, addr, runner.Options{}, text("new"))
 
 	ap := netip.MustParseAddrPort(addr)
-	peer := newRawPeer(t, sink, 40002, ap)
-	peer.write(tcpSYN, nil)
-	peer.synAck(5 * time.Second)
+	peer := netnstest.NewPeer(t, sink, 40002, ap)
+	peer.Write(netnstest.SYN, nil)
+	peer.SynAck(5 * time.Second)
 	synAcked := time.Now()
-	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.local]; return ok })
+	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer.Local]; return ok })
 
 	old.stop()
 	<-old.r.Draining()
 	time.Sleep(time.Until(synAcked.Add(300 * time.Millisecond)))
-	peer.write(tcpACK, nil) // the final ACK, 300 ms late
-	peer.write(tcpACK|tcpPSH, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-	resp, body := peer.response(5 * time.Second)
+	peer.Write(netnstest.ACK, nil) // the final ACK, 300 ms late
+	peer.Write(netnstest.ACK|netnstest.PSH, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	resp, body := peer.Response(5 * time.Second)
 	t.Logf("final ACK 300 ms after the SYN-ACK, sent while the old instance drains: %s %q, Connection: close=%v", resp.Status, body, resp.Close)
 	if body != "old" || !resp.Close {
 		t.Fatalf("answer %q (close=%v), want %q from the old instance with Connection: close", body, resp.Close, "old")
