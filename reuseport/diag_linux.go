@@ -29,12 +29,13 @@ const (
 
 // diagSocket is the part of struct inet_diag_msg that we use.
 type diagSocket struct {
-	State  uint8
-	Local  netip.AddrPort
-	Remote netip.AddrPort
-	RQueue uint32 // for a listener: the accept-queue length
-	UID    uint32
-	Inode  uint32
+	State   uint8
+	Retrans uint8 // idiag_retrans; for a request socket, the SYN-ACKs sent again
+	Local   netip.AddrPort
+	Remote  netip.AddrPort
+	RQueue  uint32 // for a listener: the accept-queue length
+	UID     uint32
+	Inode   uint32
 
 	groupKey // which reuseport group a listener can be in (group_diag_linux.go)
 }
@@ -106,6 +107,7 @@ func diagFamily(family uint8, states uint32) ([]diagSocket, error) {
 }
 
 func parseDiagMsg(b []byte) diagSocket {
+	// struct inet_diag_msg: family, state, timer, retrans (one byte each).
 	family := b[0]
 	// struct inet_diag_sockid at offset 4: sport, dport (big endian), src[4], dst[4].
 	id := b[4:]
@@ -113,12 +115,13 @@ func parseDiagMsg(b []byte) diagSocket {
 	dport := binary.BigEndian.Uint16(id[2:])
 	src, dst := diagAddr(family, id[4:20]), diagAddr(family, id[20:36])
 	return diagSocket{
-		State:  b[1],
-		Local:  netip.AddrPortFrom(src, sport),
-		Remote: netip.AddrPortFrom(dst, dport),
-		RQueue: binary.NativeEndian.Uint32(b[56:]),
-		UID:    binary.NativeEndian.Uint32(b[64:]),
-		Inode:  binary.NativeEndian.Uint32(b[68:]),
+		State:   b[1],
+		Retrans: b[3],
+		Local:   netip.AddrPortFrom(src, sport),
+		Remote:  netip.AddrPortFrom(dst, dport),
+		RQueue:  binary.NativeEndian.Uint32(b[56:]),
+		UID:     binary.NativeEndian.Uint32(b[64:]),
+		Inode:   binary.NativeEndian.Uint32(b[68:]),
 	}
 }
 

@@ -49,7 +49,8 @@
 // tcpi_unacked on a listening socket, what `ss -ltn` shows as Recv-Q).
 // [ListeningSockets] lists every TCP listening socket of the network
 // namespace, [GroupSize] how many of them share one address, and
-// [HalfOpen] the peers of the connections still in SYN_RECV on an address.
+// [HalfOpen] the peers of the connections still in SYN_RECV on an address,
+// with how many times each one's SYN-ACK was retransmitted.
 //
 // # Steering through placeholders
 //

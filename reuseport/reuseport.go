@@ -23,6 +23,18 @@ type Socket struct {
 	Queue int            // accept-queue length
 }
 
+// HalfOpenConn is a connection in SYN_RECV, as [HalfOpen] reports it.
+type HalfOpenConn struct {
+	// Retransmits counts the SYN-ACKs the kernel has sent again for want of
+	// the final ACK (idiag_retrans). The first is sent when the initial
+	// retransmission timeout (1 s, TCP_TIMEOUT_INIT) has passed since the
+	// SYN-ACK, the next ones after 2, 4, 8 and 16 s more
+	// (net.ipv4.tcp_synack_retries, 5 by default, then the request is
+	// dropped). A peer that has not answered one RTO after the SYN-ACK is
+	// likely never to: a scanner, a spoofed source, a vanished client.
+	Retransmits int
+}
+
 // Control sets SO_REUSEPORT (and SO_REUSEADDR) on a socket before it binds.
 // Its signature is that of [net.ListenConfig.Control] and
 // [net.Dialer.Control]; a failed setsockopt is returned, never ignored.

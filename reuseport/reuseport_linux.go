@@ -140,20 +140,23 @@ func GroupSize(addr netip.AddrPort) (int, error) {
 	return n, nil
 }
 
-// HalfOpen returns the peers of the connections to addr that are still in
-// SYN_RECV: the SYN arrived and was answered, the final ACK has not (or, on a
+// HalfOpen returns the connections to addr that are still in SYN_RECV, by
+// peer: the SYN arrived and was answered, the final ACK has not (or, on a
 // listener with TCP_DEFER_ACCEPT, no data has). Each is bound to the listener
 // the group chose when its SYN arrived. For a listener on a wildcard address,
 // every local address of that port counts.
-func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]bool, error) {
+//
+// sock_diag reports request sockets with neither inode nor uid, so which
+// listener of the group holds one cannot be told from here.
+func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]HalfOpenConn, error) {
 	socks, err := diagTCP(1<<tcpSynRecv | 1<<tcpNewSynRecv)
 	if err != nil {
 		return nil, err
 	}
-	out := map[netip.AddrPort]bool{}
+	out := map[netip.AddrPort]HalfOpenConn{}
 	for _, s := range socks {
 		if s.Local.Port() == addr.Port() && (addr.Addr().IsUnspecified() || sameAddr(s.Local, addr)) {
-			out[s.Remote] = true
+			out[s.Remote] = HalfOpenConn{Retransmits: int(s.Retrans)}
 		}
 	}
 	return out, nil

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/changeover-dev/changeover/internal/netnstest"
 )
 
 // TestMain lets the test binary play a server of another user (see
@@ -264,11 +266,11 @@ func TestHalfOpen(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ho[peer] == want {
+			if _, ok := ho[peer]; ok == want {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("HalfOpen(%s)[%s] = %v, want %v (all: %v)", addr, peer, ho[peer], want, ho)
+				t.Fatalf("HalfOpen(%s) has %s: %v, want %v (all: %v)", addr, peer, !want, want, ho)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -293,6 +295,42 @@ func TestHalfOpen(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestHalfOpenRetransmits: HalfOpen reports how many times the SYN-ACK of a
+// request was sent again (idiag_retrans): 0 at first, 1 once the initial
+// retransmission timeout (1 s) has passed without the final ACK. The SYN
+// comes from a peer that never answers (its SYN-ACKs go to a sink), in a
+// network namespace of the test's own.
+func TestHalfOpenRetransmits(t *testing.T) {
+	if !netnstest.Run(t) {
+		return
+	}
+	sink := netnstest.MakeSink(t)
+	l := listen(t, netnstest.SinkServer+":8080")
+	addr := netip.MustParseAddrPort(l.Addr().String())
+	peer := netnstest.NewPeer(t, sink, 40003, addr)
+	peer.Write(netnstest.SYN, nil)
+	begin := time.Now()
+	var seen []int
+	for time.Since(begin) < 5*time.Second {
+		ho, err := HalfOpen(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h, ok := ho[peer.Local]; ok && (len(seen) == 0 || seen[len(seen)-1] != h.Retransmits) {
+			seen = append(seen, h.Retransmits)
+		}
+		if len(seen) > 0 && seen[len(seen)-1] >= 1 {
+			t.Logf("retransmits seen %v, the first retransmission after %v", seen, time.Since(begin).Round(time.Millisecond))
+			if seen[0] != 0 {
+				t.Fatalf("retransmits seen %v, want 0 first", seen)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("HalfOpen(%s) for %s: retransmits seen %v in 5s, want 0 then 1", addr, peer.Local, seen)
 }
 
 func TestListenPacketShares(t *testing.T) {

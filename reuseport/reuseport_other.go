@@ -36,7 +36,7 @@ func ListeningSockets() ([]Socket, error) { return nil, notSupported("ListeningS
 func GroupSize(addr netip.AddrPort) (int, error) { return 0, notSupported("GroupSize") }
 
 // HalfOpen is Linux-only.
-func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]bool, error) {
+func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]HalfOpenConn, error) {
 	return nil, notSupported("HalfOpen")
 }
 

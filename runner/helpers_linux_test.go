@@ -175,7 +175,7 @@ func TestHalfOpenConnectionServed(t *testing.T) {
 	defer conn.Close()
 	peer := netip.MustParseAddrPort(conn.LocalAddr().String())
 	ap := netip.MustParseAddrPort(old.addr)
-	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); return ho[peer] })
+	waitFor(t, func() bool { ho, _ := reuseport.HalfOpen(ap); _, ok := ho[peer]; return ok })
 
 	old.stop()
 	<-old.r.Draining()

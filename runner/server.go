@@ -301,14 +301,30 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 }
 
 // waitQuiet waits until l's accept queue is empty and none of the
-// connections that were half-open when it started is still in SYN_RECV,
-// twice in a row (a connection leaves SYN_RECV a moment before it enters
-// the accept queue), or until deadline. Serve keeps accepting meanwhile. It
-// returns what was still waiting.
+// connections that were half-open when it started is still waiting, twice
+// in a row (a connection leaves SYN_RECV a moment before it enters the
+// accept queue), or until deadline. Serve keeps accepting meanwhile. It
+// returns what was still waiting at the deadline.
+//
+// A half-open connection is waited for until it completes or until the
+// kernel has retransmitted its SYN-ACK once, whichever is first. A peer
+// that has not sent the final ACK one retransmission timeout (1 s) after
+// the SYN-ACK is most likely never going to: a port scanner, a spoofed
+// source, a client that vanished. Such request sockets live for about a
+// minute (five retransmissions), there is nearly always one on a host that
+// faces the Internet, and sock_diag does not say which listener of the
+// group holds them (no inode), so waiting for them would hold every drain
+// to its deadline. The cost: a client whose final ACK was lost and comes
+// back only after the retransmission is reset when the listener closes,
+// unless tcp_migrate_req=1 moves its request to the new instance.
 func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
-	before, err := reuseport.HalfOpen(l.addr)
-	if err != nil {
-		before = nil
+	waiting := map[netip.AddrPort]bool{}
+	if before, err := reuseport.HalfOpen(l.addr); err == nil {
+		for peer, c := range before {
+			if c.Retransmits == 0 {
+				waiting[peer] = true
+			}
+		}
 	}
 	quiet := 0
 	for quiet < 2 {
@@ -318,14 +334,14 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 		time.Sleep(pollInterval)
 		queued, _ = reuseport.AcceptQueueLen(l)
 		halfOpen = 0
-		if len(before) > 0 {
+		if len(waiting) > 0 {
 			now, err := reuseport.HalfOpen(l.addr)
 			if err == nil {
-				for p := range before {
-					if now[p] {
+				for peer := range waiting {
+					if c, ok := now[peer]; ok && c.Retransmits == 0 {
 						halfOpen++
 					} else {
-						delete(before, p)
+						delete(waiting, peer) // completed, or given up on
 					}
 				}
 			}
