@@ -40,15 +40,19 @@
 //     row a few milliseconds apart, and only then closes the listener
 //     itself; alone on the address, it closes the listener at once;
 //  3. waits for Serve to return, so that every accepted connection is known;
-//  4. waits until its connections are gone or KeepAliveWindow has passed:
-//     each keep-alive connection closes after its next response; then, until
-//     the deadline, until no connection is left that was accepted but has
-//     not sent its request yet (Shutdown would close it without a response
-//     once that request arrives);
-//  5. calls [http.Server.Shutdown], which closes the connections that stayed
-//     idle for the whole window and waits for the active ones, until the
-//     drain deadline; then [http.Server.Close] cuts what is left, and the cut
-//     connections are counted in the log.
+//  4. waits until its HTTP/1.x connections are gone or KeepAliveWindow has
+//     passed: each keep-alive connection closes after its next response;
+//     then, until the deadline, until no connection is left that was
+//     accepted but has not sent its request yet (Shutdown would close it
+//     without a response once that request arrives). HTTP/2 connections
+//     (TLS "h2" and h2c) are not waited for here: GOAWAY, unlike closing an
+//     idle HTTP/1 connection, is graceful;
+//  5. calls [http.Server.Shutdown], which sends GOAWAY on every HTTP/2
+//     connection (its streams finish; an idle one is closed 1 s later),
+//     closes the HTTP/1 connections that stayed idle for the whole window and
+//     waits for the active ones, until the drain deadline; then
+//     [http.Server.Close] cuts what is left, and the cut connections are
+//     counted in the log.
 //
 // An instance that is stopped while it is still dark (a newer member of the
 // group, before the older one handed over) steers nothing: it got no

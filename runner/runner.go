@@ -182,8 +182,9 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 
 // ServeHTTP registers srv to serve ln (from Listen) when Run runs. The same
 // server may be registered with several listeners. Run wraps srv.Handler
-// (to close connections while draining) and srv.ConnState (to count them);
-// both call what was there before.
+// (to close connections while draining), srv.ConnState (to count them) and
+// the HTTP/2 entries of srv.TLSNextProto (to know which connections are
+// HTTP/2; the map is replaced by a copy); each calls what was there before.
 func (r *Runner) ServeHTTP(srv *http.Server, ln net.Listener) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -199,7 +200,7 @@ func (r *Runner) ServeHTTP(srv *http.Server, ln net.Listener) {
 			return
 		}
 	}
-	s := &httpServer{srv: srv, log: r.log, conns: map[net.Conn]http.ConnState{}}
+	s := &httpServer{srv: srv, log: r.log, conns: map[net.Conn]connState{}}
 	s.addListener(l, ln)
 	r.servers = append(r.servers, s)
 }

@@ -3,10 +3,12 @@ package runner
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -73,14 +75,28 @@ type httpServer struct {
 	serving  sync.WaitGroup // one per Serve call
 
 	mu    sync.Mutex
-	conns map[net.Conn]http.ConnState
+	conns map[net.Conn]connState
+
+	wrapNextProto sync.Once
+}
+
+// connState is what the drain knows of one connection.
+type connState struct {
+	state http.ConnState
+	// http2 is set when net/http hands the connection to its HTTP/2 server
+	// (TLS with ALPN "h2", or h2c with the prior-knowledge preface).
+	// net/http then marks it active for itself without calling ConnState,
+	// and the HTTP/2 server calls ConnState (active, idle) only once it has
+	// read the client's preface; until then the hook still says StateNew.
+	http2 bool
 }
 
 func (s *httpServer) addListener(l *listener, raw net.Listener) {
 	s.lns = append(s.lns, served{raw: raw, l: l})
 }
 
-// prepare wraps the server's handler and ConnState hook.
+// prepare wraps the server's handler, its ConnState hook and, once Serve has
+// set them up, the HTTP/2 entries of its TLSNextProto.
 func (s *httpServer) prepare() {
 	s.serving.Add(len(s.lns)) // before any drain can wait on it
 	h := s.srv.Handler
@@ -94,17 +110,59 @@ func (s *httpServer) prepare() {
 	})
 	prev := s.srv.ConnState
 	s.srv.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			// Serve has set up HTTP/2 (TLSNextProto) before its first
+			// Accept, and calls this hook before it starts serving the
+			// connection: no connection can be handed to HTTP/2 yet.
+			s.wrapNextProto.Do(s.wrapHTTP2)
+		}
 		s.mu.Lock()
 		switch st {
 		case http.StateClosed, http.StateHijacked:
 			delete(s.conns, c)
 		default:
-			s.conns[c] = st
+			cs := s.conns[c]
+			cs.state = st
+			s.conns[c] = cs
 		}
 		s.mu.Unlock()
 		if prev != nil {
 			prev(c, st)
 		}
+	}
+}
+
+// nextProtoH2C is the TLSNextProto key under which net/http hands over an
+// unencrypted HTTP/2 connection, wrapped in a *tls.Conn whose NetConn has
+// an UnencryptedNetConn method (net/http server.go, h2_bundle.go).
+const nextProtoH2C = "unencrypted_http2"
+
+// wrapHTTP2 wraps the server's HTTP/2 entries of TLSNextProto so that each
+// connection handed to HTTP/2 is known as such. It replaces the map with a
+// copy rather than writing into the caller's.
+func (s *httpServer) wrapHTTP2() {
+	next := maps.Clone(s.srv.TLSNextProto)
+	for _, proto := range []string{"h2", nextProtoH2C} {
+		fn := next[proto]
+		if fn == nil {
+			continue
+		}
+		next[proto] = func(hs *http.Server, tc *tls.Conn, h http.Handler) {
+			var c net.Conn = tc // the connection ConnState sees
+			if u, ok := tc.NetConn().(interface{ UnencryptedNetConn() net.Conn }); ok {
+				c = u.UnencryptedNetConn()
+			}
+			s.mu.Lock()
+			if cs, ok := s.conns[c]; ok {
+				cs.http2 = true
+				s.conns[c] = cs
+			}
+			s.mu.Unlock()
+			fn(hs, tc, h)
+		}
+	}
+	if next != nil {
+		s.srv.TLSNextProto = next
 	}
 }
 
@@ -188,20 +246,35 @@ func (s *httpServer) serve() error {
 	return nil
 }
 
-// count returns the number of open connections, of active ones, and of
-// new ones (accepted, no request read yet).
-func (s *httpServer) count() (open, active, fresh int) {
+// connCount is what the drain waits on.
+type connCount struct {
+	open   int // every connection
+	http1  int // HTTP/1.x connections (not handed to HTTP/2)
+	active int // serving a request (HTTP/1) or streams, or waiting for its preface (HTTP/2)
+	fresh  int // HTTP/1.x, accepted, no request read yet
+}
+
+func (s *httpServer) count() connCount {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, st := range s.conns {
-		switch st {
-		case http.StateActive:
-			active++
-		case http.StateNew:
-			fresh++
+	n := connCount{open: len(s.conns)}
+	for _, cs := range s.conns {
+		switch {
+		case cs.http2:
+			if cs.state != http.StateIdle {
+				n.active++
+			}
+		case cs.state == http.StateActive:
+			n.http1++
+			n.active++
+		case cs.state == http.StateNew:
+			n.http1++
+			n.fresh++
+		default:
+			n.http1++
 		}
 	}
-	return len(s.conns), active, fresh
+	return n
 }
 
 // drain runs steps 1 to 5 of the package doc for this server.
@@ -216,29 +289,30 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 	wg.Wait()
 	s.serving.Wait() // every accepted connection is now in s.conns
 
+	// HTTP/1.x: each keep-alive connection closes after its next response
+	// (Connection: close); the idle ones are left the window to send it.
+	// HTTP/2 connections are not waited for: Shutdown sends each one GOAWAY,
+	// which is graceful where closing an idle HTTP/1 connection is not.
+	// The streams the GOAWAY covers finish; a stream the client opens as it
+	// is sent is refused unprocessed, which HTTP/2 clients retry on a new
+	// connection (RFC 9113 8.7). A connection that got a response during
+	// the drain already had its GOAWAY then (net/http's HTTP/2 server sends
+	// it before the response when the header says Connection: close).
 	end := time.Now().Add(window)
 	if deadline.Before(end) {
 		end = deadline
 	}
-	for {
-		open, _, _ := s.count()
-		if open == 0 || !time.Now().Before(end) {
-			break
-		}
+	for s.count().http1 > 0 && time.Now().Before(end) {
 		time.Sleep(pollInterval)
 	}
 	// Shutdown must not see a new connection: a request read from one after
 	// Shutdown has started is closed without a response (conn.serve checks
 	// shuttingDown() right after reading it). So wait, until the deadline,
 	// for each new connection to carry its request (and Connection: close).
-	for {
-		_, _, fresh := s.count()
-		if fresh == 0 || !time.Now().Before(deadline) {
-			break
-		}
+	for s.count().fresh > 0 && time.Now().Before(deadline) {
 		time.Sleep(pollInterval)
 	}
-	open, _, _ := s.count()
+	open := s.count().open
 
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
@@ -247,12 +321,12 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 		s.log.Info("drained", "pid", os.Getpid(), "duration", time.Since(start), "left_for_shutdown", open)
 		return nil
 	}
-	_, active, fresh := s.count()
+	n := s.count()
 	s.srv.Close()
 	s.log.Warn("drain deadline passed: cut connections", "pid", os.Getpid(),
-		"duration", time.Since(start), "cut", active, "cut_before_request", fresh)
+		"duration", time.Since(start), "cut", n.active, "cut_before_request", n.fresh)
 	return fmt.Errorf("%w: cut %d active connections and %d that had not sent a request yet",
-		ErrDrainTimeout, active, fresh)
+		ErrDrainTimeout, n.active, n.fresh)
 }
 
 // handoff makes sure no connection waiting on ln is lost, then closes it.
