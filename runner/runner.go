@@ -82,6 +82,10 @@ type Runner struct {
 	servers   []*httpServer
 	actors    []actor
 
+	// listSockets is reuseport.ListeningSockets (a sock_diag dump); tests
+	// replace it to see what happens around the dumps, or to make them fail.
+	listSockets func() ([]reuseport.Socket, error)
+
 	ready      chan struct{}
 	draining   chan struct{}
 	healthAddr string // where Health is served, once Run has bound it
@@ -104,11 +108,12 @@ func New(opts Options) *Runner {
 		opts.HealthAddr = os.Getenv(EnvHealthAddr)
 	}
 	return &Runner{
-		opts:      opts,
-		log:       opts.Logger,
-		listeners: map[net.Listener]*listener{},
-		ready:     make(chan struct{}),
-		draining:  make(chan struct{}),
+		opts:        opts,
+		log:         opts.Logger,
+		listeners:   map[net.Listener]*listener{},
+		listSockets: reuseport.ListeningSockets,
+		ready:       make(chan struct{}),
+		draining:    make(chan struct{}),
 	}
 }
 
@@ -164,7 +169,7 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		}
 	}
 	r.mu.Unlock()
-	ln := &listener{TCPListener: tl, addr: ap, steer: true}
+	ln := &listener{TCPListener: tl, addr: ap, steer: true, listSockets: r.listSockets}
 	if err := ln.findOlder(); err != nil {
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
 	}

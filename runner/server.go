@@ -30,6 +30,8 @@ type listener struct {
 	steer bool // the group has our steering program
 	owned bool // served by ServeHTTP (else by an actor)
 
+	listSockets func() ([]reuseport.Socket, error) // Runner.listSockets
+
 	// older holds the inodes of the members that were in the group when we
 	// joined. While one of them is there, we are not member 0 and the
 	// group's connections are not ours to steer. leader says we are member
@@ -40,7 +42,7 @@ type listener struct {
 
 // findOlder records the members already in the group.
 func (l *listener) findOlder() error {
-	socks, err := reuseport.ListeningSockets()
+	socks, err := l.listSockets()
 	if err != nil {
 		return err
 	}
@@ -432,7 +434,7 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 // olderGone reports whether every member that was in the group when we
 // joined has left.
 func (l *listener) olderGone() (bool, error) {
-	socks, err := reuseport.ListeningSockets()
+	socks, err := l.listSockets()
 	if err != nil {
 		return false, err
 	}

@@ -1,0 +1,233 @@
+//go:build linux
+
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func plainListen(t *testing.T, addr string) *net.TCPListener {
+	t.Helper()
+	l, err := reuseport.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l.(*net.TCPListener)
+}
+
+// dialQueued dials n connections to addr (nobody accepts them) and waits
+// until the accept queues of the group hold them all; it returns the queue
+// of l. The connections are closed at the end of the test.
+func dialQueued(t *testing.T, addr string, n int, l *net.TCPListener) int {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	base := 0
+	if socks, err := reuseport.ListeningSockets(); err == nil {
+		for _, s := range socks {
+			if s.Addr == ap {
+				base += s.Queue
+			}
+		}
+	}
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		socks, err := reuseport.ListeningSockets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := 0
+		for _, s := range socks {
+			if s.Addr == ap {
+				total += s.Queue
+			}
+		}
+		if total >= base+n || time.Now().After(deadline) {
+			q, err := reuseport.AcceptQueueLen(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return q
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestListenSteersBeforeLookingAtTheGroup: Listen attaches "return 0" right
+// after listen, before it reads the group through sock_diag (two netlink
+// dumps, which take a while on a host with many sockets). Here the group
+// still has the "return 1" that an old instance left behind (the survivor
+// has not re-attached its own program yet), so until "return 0" is
+// attached every new connection goes to the new listener (member 1).
+func TestListenSteersBeforeLookingAtTheGroup(t *testing.T) {
+	survivor := plainListen(t, "127.0.0.1:0")
+	addr := survivor.Addr().String()
+	if err := reuseport.Steer(survivor, 1); err != nil {
+		t.Fatal(err)
+	}
+	r := New(Options{Logger: discardLog})
+	first := true
+	onSurvivor := -1
+	r.listSockets = func() ([]reuseport.Socket, error) {
+		if first {
+			first = false
+			onSurvivor = dialQueued(t, addr, 10, survivor)
+		}
+		return reuseport.ListeningSockets()
+	}
+	ln, err := r.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if onSurvivor != 10 {
+		t.Fatalf("of 10 connections made while Listen read the group, %d went to the serving member 0; want 10 (the new listener must be dark before the sock_diag dumps)", onSurvivor)
+	}
+}
+
+// TestWatchOlderRetriesAfterDiagError: a failed sock_diag dump (ENOBUFS,
+// a netlink hiccup) must not end the watch for good: the survivor would
+// then never take the steering back, and the "return 1" left behind would
+// send the next version's connections to it before it is ready.
+func TestWatchOlderRetriesAfterDiagError(t *testing.T) {
+	old := plainListen(t, "127.0.0.1:0")
+	r := New(Options{Logger: discardLog})
+	ln, err := r.Listen(context.Background(), "tcp", old.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := r.listeners[ln]
+	var calls atomic.Int32
+	l.listSockets = func() ([]reuseport.Socket, error) {
+		if calls.Add(1) <= 3 {
+			return nil, fmt.Errorf("sock_diag dump: %w", errors.New("no buffer space available (injected)"))
+		}
+		return reuseport.ListeningSockets()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); l.watchOlder(ctx, make(chan struct{}), discardLog) }()
+	old.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.leader.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 3 failed dumps (%d calls) the watch never saw the older member leave", calls.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+// TestWatchOlderDoesNotUndoOwnHandover: the watch sees the older member
+// leave just as this instance's own drain starts and steers the group to
+// the next version. Its "return 0" must not come after the drain's
+// "return 1": that would send every new connection back to the draining
+// instance, which closes its listener soon after and resets them.
+func TestWatchOlderDoesNotUndoOwnHandover(t *testing.T) {
+	old := plainListen(t, "127.0.0.1:0")
+	addr := old.Addr().String()
+	r := New(Options{Logger: discardLog})
+	ln, err := r.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	l := r.listeners[ln]
+
+	// The watch's dump that sees the old member gone is held until the
+	// drain has steered the group (the drain's own dump passes).
+	sawGone, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
+	l.listSockets = func() ([]reuseport.Socket, error) {
+		socks, err := reuseport.ListeningSockets()
+		gone := true
+		for _, s := range socks {
+			if l.older[s.Inode] {
+				gone = false
+			}
+		}
+		if gone && held.CompareAndSwap(false, true) {
+			close(sawGone)
+			<-release
+		}
+		return socks, err
+	}
+	draining := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.watchOlder(context.Background(), draining, discardLog)
+	}()
+	old.Close()
+	select {
+	case <-sawGone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch did not see the old member leave")
+	}
+	// We are member 0 now (the last member moves into a leaving one's
+	// slot); the next version joins as member 1.
+	next := plainListen(t, addr)
+	// Our own drain starts: it steers the group to the next version.
+	close(draining)
+	l.steerAway(time.Now().Add(5*time.Second), discardLog)
+	close(release)
+	<-done
+	if q := dialQueued(t, addr, 10, next); q != 10 {
+		t.Fatalf("after the drain steered to the next version, %d of 10 new connections went to it; want 10 (the watch re-darkened the group)", q)
+	}
+}
+
+// TestListenRefusesNonTCP: the handover is for TCP listeners; any other
+// network is an error, not a panic.
+func TestListenRefusesNonTCP(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{
+		{"unix", t.TempDir() + "/sock"},
+		{"udp", "127.0.0.1:0"},
+		{"ip4:icmp", "127.0.0.1"},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			r := New(Options{Logger: discardLog})
+			var ln net.Listener
+			var err error
+			func() {
+				defer func() {
+					if p := recover(); p != nil {
+						err = fmt.Errorf("panic: %v", p)
+						t.Errorf("Listen(%q, %q) panicked: %v", tc.network, tc.addr, p)
+					}
+				}()
+				ln, err = r.Listen(context.Background(), tc.network, tc.addr)
+			}()
+			if ln != nil {
+				ln.Close()
+			}
+			if err == nil {
+				t.Fatalf("Listen(%q, %q) succeeded; want an error", tc.network, tc.addr)
+			}
+			t.Logf("%v", err)
+		})
+	}
+}
