@@ -143,11 +143,35 @@ func (r *Runner) Draining() <-chan struct{} { return r.draining }
 // ErrAlreadyListening: the handover tells the instances apart by their order
 // in the address's reuseport group, one listener each.
 func (r *Runner) Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, fmt.Errorf("runner: listen %s %s: only TCP listeners (tcp, tcp4, tcp6) are handed over", network, address)
+	}
 	l, err := reuseport.Listen(ctx, network, address)
 	if err != nil {
 		return nil, err
 	}
-	tl := l.(*net.TCPListener)
+	tl, ok := l.(*net.TCPListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("runner: listen %s %s: got a %T, want a TCP listener", network, address, l)
+	}
+	// Steering first: from listen(2) until "return 0" is attached, a group
+	// whose program still says "return 1" (left by an old instance that the
+	// survivor has not replaced yet), or that has no program, can give this
+	// listener connections. Only then read the group (sock_diag dumps take
+	// long on a busy host). Attaching earlier is no option: a program
+	// attached before listen stays with the socket's own group, and a
+	// socket that has one cannot join an existing group (listen fails
+	// with EADDRINUSE; see reuseport's doc).
+	steer := true
+	if err := reuseport.Dark(tl); err != nil {
+		// Not fatal: the handover falls back to what the kernel offers.
+		steer = false
+		r.log.Warn("cannot attach reuseport steering; handover relies on the kernel alone",
+			"addr", address, "err", err)
+	}
 	ap, err := netip.ParseAddrPort(tl.Addr().String())
 	if err != nil {
 		l.Close()
@@ -155,12 +179,16 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	// Without the zone of a link-local address: sock_diag reports none.
 	ap = netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
-	// The refused socket joined the group last, so closing it moves no
-	// other member to another index.
+	ln := &listener{TCPListener: tl, addr: ap, steer: steer, listSockets: r.listSockets}
+	if err := ln.findOlder(); err != nil {
+		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
+	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, other := range r.listeners {
 		if other.addr == ap {
-			r.mu.Unlock()
+			// The refused socket joined the group last, so closing it moves
+			// no other member to another index.
 			l.Close()
 			return nil, fmt.Errorf("%w: %s %s: two listeners of one process on one address are two members of its reuseport group, "+
 				"and the handover steers by join order (old instance member 0, new one member 1), so the old instance would "+
@@ -168,20 +196,7 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 				ErrAlreadyListening, network, ap)
 		}
 	}
-	r.mu.Unlock()
-	ln := &listener{TCPListener: tl, addr: ap, steer: true, listSockets: r.listSockets}
-	if err := ln.findOlder(); err != nil {
-		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
-	}
-	if err := reuseport.Dark(tl); err != nil {
-		// Not fatal: the handover falls back to what the kernel offers.
-		ln.steer = false
-		r.log.Warn("cannot attach reuseport steering; handover relies on the kernel alone",
-			"addr", address, "err", err)
-	}
-	r.mu.Lock()
 	r.listeners[tl] = ln
-	r.mu.Unlock()
 	return tl, nil
 }
 

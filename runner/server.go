@@ -38,6 +38,13 @@ type listener struct {
 	// 0: we were alone, or every older member has left.
 	older  map[uint64]bool
 	leader atomic.Bool
+
+	// steering serialises the two writers of the group's program: the
+	// watch's "return 0" once the older members have left, and the drain's
+	// "return 1". handedOver is set by the drain, after which the watch
+	// must not attach anything.
+	steering   sync.Mutex
+	handedOver bool
 }
 
 // findOlder records the members already in the group.
@@ -363,7 +370,11 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 		}
 		l.leader.Store(true) // it left a moment ago
 	}
-	if err := reuseport.Steer(l, 1); err != nil {
+	l.steering.Lock()
+	l.handedOver = true
+	err = reuseport.Steer(l, 1)
+	l.steering.Unlock()
+	if err != nil {
 		log.Warn("cannot steer to the new instance; closing at once", "addr", l.addr, "err", err)
 		return
 	}
@@ -450,22 +461,33 @@ func (l *listener) olderGone() (bool, error) {
 // has left: we are member 0 then, so we attach "return 0" again (the
 // "return 1" that the old instance left behind would otherwise send
 // everything to the next version the moment that one listens) and may steer
-// the group ourselves at our own drain. It stops when ctx is done or the
-// drain starts.
+// the group ourselves at our own drain. A failed sock_diag dump is retried
+// at the next tick. It stops when ctx is done or the drain starts, and
+// attaches nothing once this instance's own handover has steered the group.
 func (l *listener) watchOlder(ctx context.Context, draining <-chan struct{}, log *slog.Logger) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	failures := 0
 	for {
 		gone, err := l.olderGone()
-		if err != nil {
-			log.Warn("cannot watch the reuseport group", "addr", l.addr, "err", err)
-			return
-		}
-		if gone {
-			if err := reuseport.Dark(l); err != nil {
-				log.Warn("cannot reset reuseport steering", "addr", l.addr, "err", err)
+		switch {
+		case err != nil:
+			failures++
+			if failures == 1 {
+				log.Warn("cannot watch the reuseport group; retrying", "addr", l.addr, "err", err)
+			}
+		case gone:
+			l.steering.Lock()
+			if !l.handedOver {
+				if err := reuseport.Dark(l); err != nil {
+					log.Warn("cannot reset reuseport steering", "addr", l.addr, "err", err)
+				}
 			}
 			l.leader.Store(true)
+			l.steering.Unlock()
+			if failures > 0 {
+				log.Info("watching the reuseport group again", "addr", l.addr, "failed_dumps", failures)
+			}
 			return
 		}
 		select {
