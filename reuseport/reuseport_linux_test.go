@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/changeover-dev/changeover/internal/netnstest"
 )
 
@@ -356,5 +358,45 @@ func TestListenPacketHeldWithoutReuseport(t *testing.T) {
 	var inUse *AddrInUseError
 	if !errors.As(err, &inUse) || !strings.Contains(err.Error(), "UDP socket without SO_REUSEPORT") {
 		t.Fatalf("err = %v, want an AddrInUseError about a UDP socket", err)
+	}
+}
+
+// rawListen listens with SO_REUSEPORT on an AF_INET6 socket with
+// IPV6_V6ONLY as given, bound to addr (which may be v4-mapped): what a
+// server in another language can do and Go's net package does not.
+func rawListen6(t *testing.T, addr netip.AddrPort, v6only bool) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	only := 0
+	if v6only {
+		only = 1
+	}
+	for _, o := range [][3]int{{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1}, {unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, only}} {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], o[2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: addr.Addr().As16(), Port: int(addr.Port())}); err != nil {
+		t.Fatalf("bind AF_INET6 %s: %v", addr, err)
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGroupSizeCountsOneGroup: an AF_INET6 socket bound to the v4-mapped
+// form of an IPv4 address takes the same connections as an AF_INET one,
+// but the kernel keeps them in separate groups (a group is one family, one
+// address, one IPV6_V6ONLY setting, one device).
+func TestGroupSizeCountsOneGroup(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	ap := netip.MustParseAddrPort(l.Addr().String())
+	rawListen6(t, netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), ap.Port()), false)
+	if n, err := GroupSize(ap); err != nil || n != 1 {
+		t.Fatalf("GroupSize(%s) = %d, %v; want 1 (the AF_INET6 socket on ::ffff:127.0.0.1 is another group)", ap, n, err)
 	}
 }

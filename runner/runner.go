@@ -52,6 +52,11 @@ type Options struct {
 	// HealthAddr is where Health is served. Default: $CHANGEOVER_HEALTH_ADDR;
 	// when both are empty, Health is only called in-process before READY=1.
 	HealthAddr string
+	// AllowOverlappingListeners lets Listen bind beside a listener that
+	// holds the same port on an overlapping address in another reuseport
+	// group (127.0.0.1:P beside 0.0.0.0:P or [::]:P, tcp4 0.0.0.0:P beside
+	// [::]:P). Default false: Listen refuses with ErrOverlappingListener.
+	AllowOverlappingListeners bool
 }
 
 // Errors Run can return.
@@ -68,6 +73,10 @@ var (
 	// ErrAlreadyListening is returned by a second Listen on an address that
 	// this Runner already listens on.
 	ErrAlreadyListening = errors.New("runner: this Runner already listens on the address")
+	// ErrOverlappingListener is returned by Listen when another listener
+	// holds the same port on an overlapping address in another reuseport
+	// group (see Options.AllowOverlappingListeners).
+	ErrOverlappingListener = errors.New("runner: another listener holds the port on an overlapping address")
 )
 
 // Runner serves listeners through a zero-loss handover. Create it with New,
