@@ -240,7 +240,7 @@ func (g *Group) learn(ino uint64) error {
 	}
 	for _, s := range socks {
 		if uint64(s.Inode) == ino {
-			if !sameAddr(s.Local, g.addr) {
+			if !SameAddr(s.Local, g.addr) {
 				return fmt.Errorf("reuseport: listener %d is on %s, not on %s", ino, s.Local, g.addr)
 			}
 			g.key, g.uid, g.joined = s.groupKey, int(s.UID), true
@@ -258,7 +258,7 @@ func (g *Group) members() (map[uint64]bool, error) {
 	}
 	out := map[uint64]bool{}
 	for _, s := range socks {
-		if s.groupKey == g.key && int(s.UID) == g.uid && sameAddr(s.Local, g.addr) {
+		if s.groupKey == g.key && int(s.UID) == g.uid && SameAddr(s.Local, g.addr) {
 			out[uint64(s.Inode)] = true
 		}
 	}

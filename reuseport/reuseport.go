@@ -17,10 +17,65 @@ var ErrNotSupported = errors.New("reuseport: not supported on this platform")
 
 // Socket is one TCP listening socket of the network namespace.
 type Socket struct {
-	Addr  netip.AddrPort // local address
-	UID   int            // owner's UID
-	Inode uint64         // socket inode, as in /proc/PID/fd/N -> socket:[Inode]
-	Queue int            // accept-queue length
+	// Addr is the local address as the kernel has it: 4 bytes for an
+	// AF_INET socket, 16 for an AF_INET6 one (a v4-mapped address stays in
+	// its 16-byte form), without a zone.
+	Addr   netip.AddrPort
+	V6Only bool   // AF_INET6 only: IPV6_V6ONLY is set (the socket takes no IPv4)
+	Dev    int    // the interface index of SO_BINDTODEVICE; 0 for none
+	UID    int    // owner's UID
+	Inode  uint64 // socket inode, as in /proc/PID/fd/N -> socket:[Inode]
+	Queue  int    // accept-queue length
+}
+
+// SameAddr is the one comparison of addresses in this module: equal ports,
+// and equal addresses once the zone is dropped (sock_diag reports none) and
+// a v4-mapped IPv6 address is taken as its IPv4 address.
+func SameAddr(a, b netip.AddrPort) bool {
+	return a.Port() == b.Port() && a.Addr().WithZone("").Unmap() == b.Addr().WithZone("").Unmap()
+}
+
+// SameGroup reports whether the kernel puts s and o in one reuseport group
+// (the UID aside): the same family, address and port, the same
+// IPV6_V6ONLY and the same device. An AF_INET socket on 127.0.0.1 and an
+// AF_INET6 one on ::ffff:127.0.0.1 take the same connections but are two
+// groups.
+func (s Socket) SameGroup(o Socket) bool {
+	return SameAddr(s.Addr, o.Addr) && s.Addr.Addr().Is4() == o.Addr.Addr().Is4() &&
+		s.V6Only == o.V6Only && s.Dev == o.Dev
+}
+
+// Overlaps reports whether a connection could be for either s or o: the same
+// port, a device that both take (or no device on one), and an IP version
+// and address both take. The kernel then picks by specificity before any
+// steering program runs: a specific address over a wildcard, and an
+// AF_INET socket over a dual-stack AF_INET6 one for an IPv4 client.
+func (s Socket) Overlaps(o Socket) bool {
+	if s.Addr.Port() != o.Addr.Port() || (s.Dev != 0 && o.Dev != 0 && s.Dev != o.Dev) {
+		return false
+	}
+	s4, s6 := s.reach()
+	o4, o6 := o.reach()
+	meet := func(a, b netip.Addr) bool {
+		return a.IsValid() && b.IsValid() && (a.IsUnspecified() || b.IsUnspecified() || a == b)
+	}
+	return meet(s4, o4) || meet(s6, o6)
+}
+
+// reach returns the local addresses of the IPv4 and of the IPv6
+// connections the socket takes: an unspecified address for any, the zero
+// Addr for none.
+func (s Socket) reach() (v4, v6 netip.Addr) {
+	a := s.Addr.Addr().WithZone("")
+	switch {
+	case a.Is4():
+		return a, netip.Addr{}
+	case a.Is4In6():
+		return a.Unmap(), netip.Addr{}
+	case a.IsUnspecified() && !s.V6Only:
+		return netip.IPv4Unspecified(), a
+	}
+	return netip.Addr{}, a
 }
 
 // HalfOpenConn is a connection in SYN_RECV, as [HalfOpen] reports it.

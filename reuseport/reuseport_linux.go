@@ -119,13 +119,15 @@ func ListeningSockets() ([]Socket, error) {
 	}
 	out := make([]Socket, 0, len(socks))
 	for _, s := range socks {
-		out = append(out, Socket{Addr: s.Local, UID: int(s.UID), Inode: uint64(s.Inode), Queue: int(s.RQueue)})
+		out = append(out, Socket{Addr: s.Local, V6Only: s.V6Only, Dev: int(s.Ifindex), UID: int(s.UID), Inode: uint64(s.Inode), Queue: int(s.RQueue)})
 	}
 	return out, nil
 }
 
-// GroupSize returns how many listening sockets are bound to exactly addr:
-// the members of its reuseport group.
+// GroupSize returns how many listening sockets are bound to exactly addr,
+// in its family (a 4-byte addr counts AF_INET sockets, a 16-byte one
+// AF_INET6 sockets; IPV6_V6ONLY and devices aside): the members of its
+// reuseport group.
 func GroupSize(addr netip.AddrPort) (int, error) {
 	socks, err := ListeningSockets()
 	if err != nil {
@@ -133,11 +135,46 @@ func GroupSize(addr netip.AddrPort) (int, error) {
 	}
 	n := 0
 	for _, s := range socks {
-		if sameAddr(s.Addr, addr) {
+		if SameAddr(s.Addr, addr) && s.Addr.Addr().Is4() == addr.Addr().Is4() {
 			n++
 		}
 	}
 	return n, nil
+}
+
+// Describe returns l as ListeningSockets lists it (Queue aside), read from
+// the socket itself.
+func Describe(l syscall.Conn) (Socket, error) {
+	var s Socket
+	err := withFD(l, "describe socket", func(fd int) error {
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			s.Addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			s.Addr = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+			only, err := unix.GetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+			if err != nil {
+				return err
+			}
+			s.V6Only = only == 1
+		default:
+			return fmt.Errorf("not an IP socket: %T", sa)
+		}
+		if s.Dev, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX); err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return err
+		}
+		s.Inode, s.UID = st.Ino, os.Geteuid()
+		return nil
+	})
+	return s, err
 }
 
 // HalfOpen returns the connections to addr that are still in SYN_RECV, by
@@ -155,16 +192,11 @@ func HalfOpen(addr netip.AddrPort) (map[netip.AddrPort]HalfOpenConn, error) {
 	}
 	out := map[netip.AddrPort]HalfOpenConn{}
 	for _, s := range socks {
-		if s.Local.Port() == addr.Port() && (addr.Addr().IsUnspecified() || sameAddr(s.Local, addr)) {
+		if s.Local.Port() == addr.Port() && (addr.Addr().IsUnspecified() || SameAddr(s.Local, addr)) {
 			out[s.Remote] = HalfOpenConn{Retransmits: int(s.Retrans)}
 		}
 	}
 	return out, nil
-}
-
-// sameAddr compares without zones: sock_diag reports none.
-func sameAddr(a, b netip.AddrPort) bool {
-	return a.Port() == b.Port() && a.Addr().WithZone("").Unmap() == b.Addr().WithZone("").Unmap()
 }
 
 // holder says who, as far as this namespace shows, holds address.
@@ -183,7 +215,7 @@ func holder(address string) string {
 		if s.Addr.Port() != want.Port() {
 			continue
 		}
-		if !(sameAddr(s.Addr, want) || s.Addr.Addr().IsUnspecified() || want.Addr().IsUnspecified()) {
+		if !(SameAddr(s.Addr, want) || s.Addr.Addr().IsUnspecified() || want.Addr().IsUnspecified()) {
 			continue
 		}
 		if s.UID != euid {

@@ -29,6 +29,9 @@ func EnableMigrateReq() error { return notSupported("EnableMigrateReq") }
 // Inode is Linux-only.
 func Inode(l syscall.Conn) (uint64, error) { return 0, notSupported("Inode") }
 
+// Describe is Linux-only.
+func Describe(l syscall.Conn) (Socket, error) { return Socket{}, notSupported("Describe") }
+
 // ListeningSockets is Linux-only.
 func ListeningSockets() ([]Socket, error) { return nil, notSupported("ListeningSockets") }
 

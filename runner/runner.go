@@ -150,7 +150,13 @@ func (r *Runner) Draining() <-chan struct{} { return r.draining }
 //
 // A second Listen on an address this Runner already listens on returns
 // ErrAlreadyListening: the handover tells the instances apart by their order
-// in the address's reuseport group, one listener each.
+// in the address's reuseport group, one listener each. Listen also refuses,
+// with ErrOverlappingListener naming both addresses, when a listener of
+// another group holds the same port on an overlapping address (127.0.0.1:P
+// beside 0.0.0.0:P or [::]:P, tcp4 0.0.0.0:P beside [::]:P): the kernel picks
+// among groups before any steering, so such a new instance would not be
+// dark, and such an old one would not hand over. Options.AllowOverlappingListeners
+// turns that check off.
 func (r *Runner) Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -181,28 +187,42 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		r.log.Warn("cannot attach reuseport steering; handover relies on the kernel alone",
 			"addr", address, "err", err)
 	}
-	ap, err := netip.ParseAddrPort(tl.Addr().String())
-	if err != nil {
-		l.Close()
-		return nil, fmt.Errorf("runner: parse listener address %s: %w", tl.Addr(), err)
+	self, err := reuseport.Describe(tl)
+	if err != nil { // not Linux: no group to read either
+		r.log.Warn("cannot describe the listening socket", "addr", address, "err", err)
+		ap := tl.Addr().(*net.TCPAddr).AddrPort()
+		self = reuseport.Socket{Addr: netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())}
 	}
-	// Without the zone of a link-local address: sock_diag reports none.
-	ap = netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())
-	ln := &listener{TCPListener: tl, addr: ap, steer: steer, listSockets: r.listSockets}
-	if err := ln.findOlder(); err != nil {
+	ln := &listener{TCPListener: tl, self: self, addr: self.Addr, steer: steer, listSockets: r.listSockets}
+	socks, err := ln.findOlder()
+	if err != nil {
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
+	}
+	if !r.opts.AllowOverlappingListeners {
+		for _, s := range socks {
+			if s.Inode != self.Inode && !s.SameGroup(self) && s.Overlaps(self) {
+				// We joined our own group last: leaving moves nobody.
+				l.Close()
+				return nil, fmt.Errorf("%w: %s %s overlaps %s (uid %d, socket inode %d), which is another reuseport group: "+
+					"the kernel picks among groups before any steering program runs (a specific address before a wildcard, "+
+					"an AF_INET listener before a dual-stack [::] one for IPv4 clients), so a new instance there would not be "+
+					"dark, and an old one there would believe it is alone and reset its queue at its drain; listen on the "+
+					"address the other listener has, or set Options.AllowOverlappingListeners",
+					ErrOverlappingListener, network, self.Addr, s.Addr, s.UID, s.Inode)
+			}
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, other := range r.listeners {
-		if other.addr == ap {
+		if other.self.SameGroup(self) {
 			// The refused socket joined the group last, so closing it moves
 			// no other member to another index.
 			l.Close()
 			return nil, fmt.Errorf("%w: %s %s: two listeners of one process on one address are two members of its reuseport group, "+
 				"and the handover steers by join order (old instance member 0, new one member 1), so the old instance would "+
 				"steer new connections to its own second listener, then close it and reset them; listen once per address",
-				ErrAlreadyListening, network, ap)
+				ErrAlreadyListening, network, self.Addr)
 		}
 	}
 	r.listeners[tl] = ln

@@ -26,9 +26,10 @@ const pollInterval = 5 * time.Millisecond
 // listener is a listener bound by Runner.Listen.
 type listener struct {
 	*net.TCPListener
-	addr  netip.AddrPort
-	steer bool // the group has our steering program
-	owned bool // served by ServeHTTP (else by an actor)
+	self  reuseport.Socket // as sock_diag lists it
+	addr  netip.AddrPort   // self.Addr
+	steer bool             // the group has our steering program
+	owned bool             // served by ServeHTTP (else by an actor)
 
 	listSockets func() ([]reuseport.Socket, error) // Runner.listSockets
 
@@ -47,24 +48,36 @@ type listener struct {
 	handedOver bool
 }
 
-// findOlder records the members already in the group.
-func (l *listener) findOlder() error {
+// findOlder records the members already in the group; it returns the
+// listening sockets it read.
+func (l *listener) findOlder() ([]reuseport.Socket, error) {
 	socks, err := l.listSockets()
 	if err != nil {
-		return err
-	}
-	own, err := reuseport.Inode(l)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	l.older = map[uint64]bool{}
 	for _, s := range socks {
-		if s.Addr == l.addr && s.Inode != own {
+		if s.SameGroup(l.self) && s.Inode != l.self.Inode {
 			l.older[s.Inode] = true
 		}
 	}
 	l.leader.Store(len(l.older) == 0)
-	return nil
+	return socks, nil
+}
+
+// groupSize returns how many members l's group has.
+func (l *listener) groupSize() (int, error) {
+	socks, err := l.listSockets()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range socks {
+		if s.SameGroup(l.self) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // served is one listener of an http.Server; l is nil for a listener that
@@ -355,7 +368,7 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 	if !l.steer {
 		return // the kernel path: tcp_migrate_req=1 moves the queue, or nothing does
 	}
-	n, err := reuseport.GroupSize(l.addr)
+	n, err := l.groupSize()
 	if err != nil {
 		log.Warn("cannot see the reuseport group; closing at once", "addr", l.addr, "err", err)
 		return
@@ -450,7 +463,7 @@ func (l *listener) olderGone() (bool, error) {
 		return false, err
 	}
 	for _, s := range socks {
-		if l.older[s.Inode] && s.Addr == l.addr {
+		if l.older[s.Inode] && s.SameGroup(l.self) {
 			return false, nil
 		}
 	}
