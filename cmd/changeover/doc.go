@@ -74,10 +74,10 @@
 // shutdown of nginx and HAProxy, which then cut the requests in flight. Use
 // each server's graceful stop:
 //
-//	nginx                  QUIT (TERM, INT: fast shutdown)
-//	gunicorn               TERM (QUIT, INT: quick shutdown)
-//	unicorn                QUIT (TERM, INT: quick shutdown)
-//	HAProxy (-W, -db)      USR1 (soft stop; TERM: hard stop)
+//	nginx                      QUIT (TERM, INT: fast shutdown)
+//	gunicorn                   TERM (QUIT, INT: quick shutdown)
+//	unicorn                    QUIT (TERM, INT: quick shutdown)
+//	HAProxy (-W -db)           USR1 (soft stop; TERM: hard stop)
 //	Apache httpd -DFOREGROUND  WINCH (graceful-stop; TERM: stop)
 //
 // --kill-mode group (the default) sends it to every process of the
@@ -90,7 +90,8 @@
 // signal to itself under main and the server would never drain; and
 // master/worker servers whose workers take the master's stop signal as
 // their own graceful stop (nginx, gunicorn and unicorn do) drain the same
-// under group. Choose main for a server that wants its workers stopped by
+// under group (TestRealServers runs nginx and gunicorn under both; main
+// lost no fewer requests). Choose main for a server that wants its workers stopped by
 // its master alone, as its systemd unit says with KillMode=mixed. The
 // supervisor logs which PIDs got the signal ("stop signal sent ...
 // kill_mode=group pids=[...]").

@@ -177,13 +177,15 @@ type realLoad struct {
 	wg           sync.WaitGroup
 }
 
-func startRealLoad(t *testing.T, addr string, clients int) *realLoad {
+// startRealLoad runs clients until stop, for at most 50,000 requests each
+// and at most limit.
+func startRealLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
 	l := &realLoad{byVersion: map[string]int{}, stopc: make(chan struct{})}
 	for range clients {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			deadline := time.Now().Add(90 * time.Second)
+			deadline := time.Now().Add(limit)
 			for i := 0; i < 50000 && time.Now().Before(deadline); i++ {
 				select {
 				case <-l.stopc:
@@ -308,11 +310,11 @@ func TestRealServers(t *testing.T) {
 		reloads      int
 		slowSurvives bool // the in-flight request finishes on the old generation
 	}{
-		{"nginx/QUIT", nginxServer, "QUIT", "group", 8, true},
-		{"nginx/QUIT/kill-mode-main", nginxServer, "QUIT", "main", 4, true},
-		{"nginx/TERM", nginxServer, "TERM", "group", 4, false},
-		{"gunicorn/TERM", gunicornServer, "TERM", "group", 4, true},
-		{"gunicorn/TERM/kill-mode-main", gunicornServer, "TERM", "main", 3, true},
+		{"nginx/QUIT", nginxServer, "QUIT", "group", 6, true},
+		{"nginx/QUIT/kill-mode-main", nginxServer, "QUIT", "main", 3, true},
+		{"nginx/TERM", nginxServer, "TERM", "group", 3, false},
+		{"gunicorn/TERM", gunicornServer, "TERM", "group", 3, true},
+		{"gunicorn/TERM/kill-mode-main", gunicornServer, "TERM", "main", 2, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRealEnv(t, tc.server)
@@ -344,7 +346,9 @@ func runRealServer(t *testing.T, r *realEnv, s realServer, reloads int, slowSurv
 	pgids = append(pgids, g1.PGID)
 	answeredBy(t, r.addr, 10, "v1", g1.PGID)
 
-	load := startRealLoad(t, r.addr, 4)
+	// A gunicorn reload takes about 8 s here (its master waits for its sync
+	// workers); the load lasts for all of them, and no longer.
+	load := startRealLoad(t, r.addr, 4, 30*time.Second+time.Duration(reloads)*15*time.Second)
 	var o realOutcome
 	inFlightAt := 1 + (reloads+1)/2 // the generation that gets the slow request
 	var slow *inFlight
@@ -447,7 +451,7 @@ func TestRealServerSwap(t *testing.T) {
 	}
 	swap("v1")
 	answeredBy(t, r.addr, 10, "v1", pids[0])
-	load := startRealLoad(t, r.addr, 4)
+	load := startRealLoad(t, r.addr, 4, time.Minute)
 	waitFor(t, 20*time.Second, "load progress", func() bool { return load.sent.Load() >= 100 })
 	slow := startInFlight(t, r.addr, nginxServer.slow)
 	swap("v2")
