@@ -153,8 +153,13 @@ func testUnit(t *testing.T, sd *bootedSystemd, file string, reloadFail bool) {
 		os.Remove(sd.root("etc/systemd/system/demo.service"))
 		sd.run("systemctl", "daemon-reload")
 	})
-	if got := sd.show("Type", "NotifyAccess", "KillMode")["Type"]; !strings.HasPrefix(filepath.Base(file), "changeover-"+got+".") {
+	if got := sd.show("Type")["Type"]; !strings.HasPrefix(filepath.Base(file), "changeover-"+got+".") {
 		t.Fatalf("systemd loaded %s with Type=%s", file, got)
+	}
+	// The booted systemd's own verdict on the file, with the paths and the
+	// user it names in place.
+	if out, errOut, code := sd.run("systemd-analyze", "verify", "/etc/systemd/system/demo.service"); code != 0 || strings.TrimSpace(out+errOut) != "" {
+		t.Fatalf("systemd-analyze verify: exit %d: %s%s", code, out, errOut)
 	}
 	var fig unitFigures
 
