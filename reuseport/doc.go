@@ -27,14 +27,29 @@
 //   - An index out of range falls back to the hash.
 //   - The program belongs to the group, not to the socket or process that
 //     attached it: it outlives that process, and it only goes away with the
-//     group (or with SO_DETACH_REUSEPORT_BPF). It can only be attached once the
-//     socket listens (before that it would be attached to a group of its own
-//     that is thrown away at listen).
+//     group (or with SO_DETACH_REUSEPORT_BPF) (TestSteering).
+//   - A program attached before listen makes a group of that one socket: if
+//     the socket is the first on its address, the group keeps the program
+//     once it listens; if a group is already there, the socket cannot join
+//     it, and listen fails with EADDRINUSE (TestProgramAttachedBeforeListen).
+//     So a joining instance attaches right after its listen, and between the
+//     two the group's program (or the hash, without one) decides.
 //   - Attaching and detaching need no privilege.
+//   - Sockets on one port with overlapping but different addresses (127.0.0.1
+//     and 0.0.0.0, tcp4 0.0.0.0 and a dual-stack [::]) are separate groups,
+//     and the kernel picks the listener before any program runs: the more
+//     specific address first, and for an IPv4 client an AF_INET listener
+//     before a dual-stack one (TestOverlappingAddressesAreSeparateGroups).
+//     A group is one family, address, port, IPV6_V6ONLY, device and uid
+//     ([Socket.SameGroup], [Socket.Overlaps]).
 //   - Closing a listener resets every connection in its accept queue and its
-//     half-open (SYN_RECV) requests, unless net.ipv4.tcp_migrate_req=1 (Linux
-//     5.14 and later, per network namespace, default 0), which migrates them to
-//     another member of the group.
+//     half-open (SYN_RECV) requests (TestCloseResetsQueueWithoutMigrateReq),
+//     unless net.ipv4.tcp_migrate_req=1 (Linux 5.14 and later, per network
+//     namespace, default 0). Then they move to the other members, spread by
+//     hash: the kernel asks only an eBPF program of type
+//     BPF_SK_REUSEPORT_SELECT_OR_MIGRATE where to put them, never a classic
+//     one, so a member that the program keeps dark gets its share
+//     (TestMigrateReqIgnoresProgram).
 //
 // [Steer] attaches "return index N" to the group of a listener; [Dark] is
 // Steer(l, 0), which every new instance attaches right after it listens: it
