@@ -62,8 +62,12 @@ func Detach(l syscall.Conn) error {
 // MigrateReq reports whether net.ipv4.tcp_migrate_req is 1 in this network
 // namespace: then the kernel moves the queued and half-open connections of a
 // closing listener to another member of its group instead of resetting them.
-func MigrateReq() (bool, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+func MigrateReq() (bool, error) { return readMigrateReq(migrateReqPath) }
+
+const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+func readMigrateReq(path string) (bool, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return false, fmt.Errorf("reuseport: read tcp_migrate_req: %w", err)
 	}
