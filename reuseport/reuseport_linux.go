@@ -3,7 +3,9 @@
 package reuseport
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -61,13 +63,18 @@ func Detach(l syscall.Conn) error {
 
 // MigrateReq reports whether net.ipv4.tcp_migrate_req is 1 in this network
 // namespace: then the kernel moves the queued and half-open connections of a
-// closing listener to another member of its group instead of resetting them.
+// closing listener to the other members of its group (spread by hash,
+// whatever classic program the group has) instead of resetting them. A
+// kernel without the sysctl (before 5.14) reads as false: it resets them.
 func MigrateReq() (bool, error) { return readMigrateReq(migrateReqPath) }
 
 const migrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 func readMigrateReq(path string) (bool, error) {
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil // before Linux 5.14: no migration, as with 0
+	}
 	if err != nil {
 		return false, fmt.Errorf("reuseport: read tcp_migrate_req: %w", err)
 	}
