@@ -5,6 +5,7 @@ package control
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,5 +56,53 @@ func TestListenCallAndStale(t *testing.T) {
 	srv2.Close()
 	if _, err := FindOnly(filepath.Dir(path)); !errors.Is(err, ErrNoSupervisor) {
 		t.Errorf("FindOnly with none: %v", err)
+	}
+}
+
+// TestListenNeverUnlinksLive: a live supervisor's socket is never taken for
+// a stale one, even when a dial to it fails. A dial fails on a live socket
+// whose accept queue is full (a busy supervisor): connect(2) on a unix
+// socket then returns EAGAIN.
+func TestListenNeverUnlinksLive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "live.sock")
+	srv, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	// Fill its accept queue (it does not Serve): somaxconn connections,
+	// bounded.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	full := false
+	for range 70000 {
+		c, err := net.DialTimeout("unix", path, 100*time.Millisecond)
+		if err != nil {
+			full = true
+			break
+		}
+		conns = append(conns, c)
+	}
+	if !full {
+		t.Fatalf("accept queue of %s not full after %d connections", path, len(conns))
+	}
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Listen(path)
+	if err == nil {
+		second.Close()
+	}
+	if !errors.Is(err, ErrInUse) {
+		t.Errorf("Listen beside a live, busy supervisor: %v, want ErrInUse", err)
+	}
+	after, err := os.Stat(path)
+	if err != nil || !os.SameFile(before, after) {
+		t.Errorf("the live supervisor's socket %s was replaced or removed (%v)", path, err)
 	}
 }
