@@ -20,7 +20,7 @@
 //
 // # run flags (defaults)
 //
-//	--name NAME              base name of COMMAND; names the control socket and state file
+//	--name NAME              base name of COMMAND; names the control socket (and so the state file)
 //	--control PATH           $XDG_RUNTIME_DIR/changeover/NAME.sock, else /run/changeover/NAME.sock
 //	--dir DIR                working directory of instances, symlinks resolved at each start
 //	--env-file F             KEY=VALUE lines added to instances' environment, read at each start
@@ -165,23 +165,38 @@
 //
 // # State file and adoption
 //
-// NAME.state, beside the control socket, is rewritten (atomically) on every
-// change: generations, PIDs, process groups, start times (from
-// /proc/PID/stat) and health addresses. It is removed when run returns. When
-// run starts and finds one whose serving instance is alive with the same
-// start time (the previous supervisor was SIGKILLed and its instance kept
+// The state file, the control socket's path with .state for .sock
+// (NAME.state beside NAME.sock; two supervisors with different --control
+// paths never share one), is rewritten (atomically) on every change:
+// generations, their states, PIDs, process groups, start times (from
+// /proc/PID/stat), health addresses and, for a draining one, its drain
+// deadline. It is removed when run returns. When run starts and finds one
+// whose serving instance is alive with the same start time and process
+// group (the previous supervisor was SIGKILLed and its instance kept
 // serving), it adopts it: generation N+1 starts as usual and the adopted one
 // is retired through a normal handover (SIGTERM, exit detected by polling
 // /proc since it is not our child, SIGKILL of its group after the deadline).
 // Non-serving leftovers of the dead supervisor (a half-done reload) are
 // killed.
 //
+// The state file is trusted only if it is a regular file (not a symlink)
+// owned by the supervisor's user, in a directory owned by that user, and
+// neither is writable by group or others; otherwise it is ignored with a
+// warning naming it, and nothing it names is adopted or signalled. A process
+// it names is signalled only if /proc shows the recorded start time and
+// process group; a start time of 0 matches nothing, and a process that
+// cannot be read is never signalled.
+//
 // # Control socket
 //
 // A unix socket created 0600 in a directory that only its owner can write
-// (created 0700). Only peers (SO_PEERCRED) with the supervisor's UID or root
-// may reload or stop. A socket file left by a killed supervisor is replaced;
-// one answered by a live supervisor is an error naming it.
+// (created 0700; a sticky directory such as /tmp is accepted; a directory
+// of another user is refused). Only peers (SO_PEERCRED) with the
+// supervisor's UID or root may reload or stop. A live supervisor holds a
+// flock on PATH.lock beside the socket; a second one is refused (exit 1,
+// naming it), and a socket file left by a killed supervisor, whose lock is
+// free, is replaced. A busy supervisor's socket is never taken for a stale
+// one.
 //
 // # Containers
 //

@@ -133,7 +133,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			Stdout: fileOr(stdout, os.Stdout), Stderr: fileOr(stderr, os.Stderr), Relay: relay,
 		},
 		Probes: o.health, Notify: o.notify, ReadyTimeout: *o.readyTimeout,
-		StateFile: filepath.Join(runtimeDir, name+".state"),
+		StateFile: supervisor.StatePath(sockPath),
 		Log:       log, Reaper: rp,
 		BackoffMin: *o.backoffMin, BackoffMax: *o.backoffMax,
 		CrashLimit: o.crashLimit, CrashWindow: *o.crashWindow,

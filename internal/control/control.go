@@ -14,9 +14,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/private"
 )
 
 // Request is what a client asks.
@@ -58,6 +61,7 @@ func DefaultPath(name string) string { return filepath.Join(DefaultDir(), name+"
 type Server struct {
 	path string
 	ln   *net.UnixListener
+	lock *os.File // flock held on PATH.lock while listening
 
 	mu     sync.Mutex // orders wg.Add in Serve before wg.Wait in Close
 	closed bool
@@ -65,8 +69,17 @@ type Server struct {
 }
 
 // Listen creates the socket at path. The directory is created 0700 if
-// missing and must not be writable by others. A socket left by a dead
-// supervisor is replaced; one that answers is ErrInUse.
+// missing; it must be owned by the user (a directory of ours that others
+// can write is made 0700) or be a sticky directory such as /tmp.
+//
+// Who holds the socket is decided by a lock, not by dialing it: Listen takes
+// an exclusive flock on PATH.lock (created beside it, kept afterwards) and
+// holds it until Close. If another process holds it, that is a live
+// supervisor: ErrInUse. Once the lock is ours, a socket file at path was
+// left by a dead supervisor and is replaced. (A dial can fail on a live
+// socket, when its accept queue is full; a dial-then-remove would then
+// unlink a live supervisor's socket.) The lock file is opened close-on-exec,
+// so instances that outlive a killed supervisor do not hold it.
 func Listen(path string) (*Server, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -76,23 +89,25 @@ func Listen(path string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket directory %s: %w", dir, err)
 	}
-	if st, ok := fi.Sys().(*unix.Stat_t); ok && fi.Mode().Perm()&0o022 != 0 && st.Uid == uint32(os.Getuid()) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() && fi.Mode().Perm()&0o022 != 0 {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("control socket directory %s is writable by others: %w", dir, err)
 		}
-	} else if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return nil, fmt.Errorf("control socket directory %s is writable by others (mode %v)", dir, fi.Mode().Perm())
+	}
+	if err := private.CheckDir(dir, private.DirOptions{Sticky: true}); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	lock, err := lockFile(path + ".lock")
+	if err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
+			lock.Close()
 			return nil, fmt.Errorf("control socket path %s exists and is not a socket", path)
 		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%w: %s", ErrInUse, path)
-		}
 		if err := os.Remove(path); err != nil {
+			lock.Close()
 			return nil, fmt.Errorf("remove stale control socket %s: %w", path, err)
 		}
 	}
@@ -105,9 +120,38 @@ func Listen(path string) (*Server, error) {
 	ln.SetUnlinkOnClose(true)
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
+		lock.Close()
 		return nil, fmt.Errorf("chmod control socket %s: %w", path, err)
 	}
-	return &Server{path: path, ln: ln}, nil
+	return &Server{path: path, ln: ln, lock: lock}, nil
+}
+
+// lockFile opens (creating it 0600, never through a symlink) and locks
+// path exclusively without waiting: ErrInUse if another process holds it.
+// A lock file of another user is refused.
+func lockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("control socket lock %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() || !fi.Mode().IsRegular() {
+			err = fmt.Errorf("%w: control socket lock %s is not a regular file of uid %d", private.ErrNotPrivate, path, os.Geteuid())
+		}
+	}
+	if err == nil {
+		if err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+			err = fmt.Errorf("%w: %s (lock %s held)", ErrInUse, strings.TrimSuffix(path, ".lock"), path)
+		} else if err != nil {
+			err = fmt.Errorf("lock %s: %w", path, err)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // Path is the socket path.
@@ -188,6 +232,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	err := s.ln.Close()
 	s.wg.Wait()
+	s.lock.Close() // after the socket is gone: the next supervisor may take it
 	return err
 }
 

@@ -240,3 +240,35 @@ func GroupEmpty(pgid int) bool {
 	// kill(2) also finds zombies, which hold nothing: look closer.
 	return len(GroupMembers(pgid)) == 0
 }
+
+// ErrNotRecorded means a live process is not the one that was recorded: its
+// PID was reused, or it is in another process group.
+var ErrNotRecorded = errors.New("not the recorded process")
+
+// Verify checks that pid is the process that was recorded as started at
+// start (clock ticks after boot) in process group pgid, reading both from
+// /proc. It is the test to pass before a recorded process is signalled. A
+// start time of 0 (not recorded) matches nothing, and a process that cannot
+// be read is unknown: both are errors, and an error means never signal.
+func Verify(pid, pgid int, start uint64) error {
+	if pid <= 1 || pgid <= 1 {
+		return fmt.Errorf("%w: pid %d, process group %d recorded", ErrNotRecorded, pid, pgid)
+	}
+	if start == 0 {
+		return fmt.Errorf("%w: pid %d: no start time recorded, so it cannot be told from a reused PID", ErrNotRecorded, pid)
+	}
+	st, err := ReadStat(pid)
+	if err != nil {
+		return fmt.Errorf("verify pid %d: %w", pid, err)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return fmt.Errorf("verify pid %d: %w (exited)", pid, ErrNoProcess)
+	}
+	if st.StartTime != start {
+		return fmt.Errorf("%w: pid %d has start time %d, recorded %d (a reused PID)", ErrNotRecorded, pid, st.StartTime, start)
+	}
+	if st.PGID != pgid {
+		return fmt.Errorf("%w: pid %d is in process group %d, recorded %d", ErrNotRecorded, pid, st.PGID, pgid)
+	}
+	return nil
+}

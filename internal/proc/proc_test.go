@@ -3,6 +3,7 @@
 package proc
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"testing"
@@ -55,5 +56,34 @@ func TestCoversAndMissing(t *testing.T) {
 	miss := Missing([]netip.AddrPort{ap("0.0.0.0:80")}, []netip.AddrPort{ap("127.0.0.1:80"), ap("127.0.0.1:81")})
 	if len(miss) != 1 || miss[0] != ap("127.0.0.1:81") {
 		t.Errorf("Missing = %v", miss)
+	}
+}
+
+func TestVerify(t *testing.T) {
+	self, err := ReadStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		pid   int
+		pgid  int
+		start uint64
+		want  error
+	}{
+		{"self", self.PID, self.PGID, self.StartTime, nil},
+		{"start time 0 matches nothing", self.PID, self.PGID, 0, ErrNotRecorded},
+		{"another start time", self.PID, self.PGID, self.StartTime + 1, ErrNotRecorded},
+		{"another process group", self.PID, self.PGID + 1, self.StartTime, ErrNotRecorded},
+		{"no such process", 1 << 30, 1 << 30, 1, ErrNoProcess},
+		{"pid 1", 1, 1, 1, ErrNotRecorded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Verify(tt.pid, tt.pgid, tt.start)
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("Verify(%d, %d, %d) = %v, want %v", tt.pid, tt.pgid, tt.start, err, tt.want)
+			}
+		})
 	}
 }

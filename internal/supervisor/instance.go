@@ -53,9 +53,24 @@ type Instance struct {
 	done   chan struct{} // closed when the leader exited
 	pgSet  chan struct{} // closed once PGID is known
 
-	mu    sync.Mutex
-	state string
-	exit  string
+	mu            sync.Mutex
+	state         string
+	exit          string
+	drainDeadline time.Time
+}
+
+// DrainDeadline is when a draining instance gets SIGKILL (zero before its
+// drain).
+func (in *Instance) DrainDeadline() time.Time {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.drainDeadline
+}
+
+func (in *Instance) setDrainDeadline(t time.Time) {
+	in.mu.Lock()
+	in.drainDeadline = t
+	in.mu.Unlock()
 }
 
 // Done is closed when the instance's main process has exited.

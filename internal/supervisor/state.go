@@ -4,23 +4,40 @@ package supervisor
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/changeover-dev/changeover/internal/private"
 	"github.com/changeover-dev/changeover/internal/proc"
 )
 
-// The state file (NAME.state beside the control socket) is rewritten on
-// every change. When run starts and finds one whose serving instance is
-// still alive with the same start time (its supervisor was SIGKILLed and the
-// instance kept serving), it adopts that instance: generation N+1 starts
-// normally and the adopted one is retired through a normal handover
-// (SIGTERM, exit detected by polling /proc since it is not our child,
-// SIGKILL of its process group after the drain deadline).
+// The state file (the control socket's path with .state for .sock, see
+// StatePath) is rewritten on every change. When run starts and finds one
+// whose serving instance is still alive with the same start time and
+// process group (its supervisor was SIGKILLed and the instance kept
+// serving), it adopts that instance: generation N+1 starts normally and the
+// adopted one is retired through a normal handover (SIGTERM, exit detected
+// by polling /proc since it is not our child, SIGKILL of its process group
+// after the drain deadline).
+//
+// The file is trusted only as far as loadState and proc.Verify allow: it
+// and its directory must belong to our user and be writable by no one else,
+// and a process it names is touched only if /proc shows the recorded start
+// time and process group.
 
-// StateFile is the JSON written to Config.StateFile.
+// StatePath is the state file of the supervisor whose control socket is
+// controlSocket: the same path with .state for .sock (or .state added). Two
+// supervisors with different control sockets never share one.
+func StatePath(controlSocket string) string {
+	return strings.TrimSuffix(controlSocket, ".sock") + ".state"
+}
+
+// StateFile is the JSON written to Config.StateFile. Readers ignore fields
+// they do not know, so fields can be added.
 type StateFile struct {
 	Name          string     `json:"name"`
 	SupervisorPID int        `json:"supervisor_pid"`
@@ -37,6 +54,33 @@ type StateGen struct {
 	Started    time.Time `json:"started"`
 	State      string    `json:"state"`
 	HealthAddr string    `json:"health_addr"`
+	// DrainDeadline is when a draining generation gets SIGKILL (zero
+	// unless State is draining).
+	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
+}
+
+// verify checks, in /proc, that g's process is the one recorded: its start
+// time and process group, and that it leads that group (the supervisor
+// starts every generation as a group leader). An error means never signal.
+func (g StateGen) verify() error {
+	if g.PGID != g.PID {
+		return fmt.Errorf("%w: pid %d recorded in process group %d, not one of its own", proc.ErrNotRecorded, g.PID, g.PGID)
+	}
+	return proc.Verify(g.PID, g.PGID, g.StartTicks)
+}
+
+// loadState reads the state file at path, refusing one that is not our
+// user's alone (see private.Open). A missing file matches os.ErrNotExist.
+func loadState(path string) (*StateFile, error) {
+	b, err := private.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w", err)
+	}
+	var st StateFile
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state file %s: %w", path, err)
+	}
+	return &st, nil
 }
 
 func (s *Supervisor) saveState() {
@@ -58,6 +102,7 @@ func (s *Supervisor) saveState() {
 		st.Generations = append(st.Generations, StateGen{
 			Generation: in.Gen, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
 			Started: in.Started, State: state, HealthAddr: in.HealthAddr,
+			DrainDeadline: in.DrainDeadline(),
 		})
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
@@ -100,13 +145,12 @@ func (s *Supervisor) adoptFromState() *Instance {
 	if s.cfg.StateFile == "" {
 		return nil
 	}
-	b, err := os.ReadFile(s.cfg.StateFile)
-	if err != nil {
+	st, err := loadState(s.cfg.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	var st StateFile
-	if err := json.Unmarshal(b, &st); err != nil {
-		s.log.Warn("ignoring unreadable state file", "path", s.cfg.StateFile, KeyError, err)
+	if err != nil {
+		s.log.Warn("not trusting the state file: adopting nothing, signalling nothing", "path", s.cfg.StateFile, KeyError, err)
 		return nil
 	}
 	if st.SupervisorPID != os.Getpid() && proc.Alive(st.SupervisorPID, st.SupervisorST) {
@@ -114,15 +158,26 @@ func (s *Supervisor) adoptFromState() *Instance {
 		return nil
 	}
 	var best *StateGen
-	for i, g := range st.Generations {
-		if g.State == StateServing && proc.Alive(g.PID, g.StartTicks) && (best == nil || g.Generation > best.Generation) {
-			best = &st.Generations[i]
+	var ours []StateGen
+	for _, g := range st.Generations {
+		if err := g.verify(); err != nil {
+			if !errors.Is(err, proc.ErrNoProcess) {
+				s.log.Warn("state file names a process that is not the recorded one; never signalling it",
+					KeyGeneration, g.Generation, KeyPID, g.PID, KeyError, err)
+			}
+			continue
+		}
+		ours = append(ours, g)
+	}
+	for i, g := range ours {
+		if g.State == StateServing && (best == nil || g.Generation > best.Generation) {
+			best = &ours[i]
 		}
 	}
 	// Generations of the dead supervisor that are not serving (a half-done
 	// reload) are killed: nobody would ever promote them.
-	for _, g := range st.Generations {
-		if (best == nil || g.PID != best.PID) && proc.Alive(g.PID, g.StartTicks) && g.PGID == g.PID {
+	for _, g := range ours {
+		if best == nil || g.PID != best.PID {
 			s.log.Warn("killing leftover generation of a previous supervisor", KeyGeneration, g.Generation, KeyPID, g.PID)
 			_ = proc.KillGroup(g.PGID, 9)
 		}

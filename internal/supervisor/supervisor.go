@@ -591,6 +591,8 @@ func (s *Supervisor) retire(old *Instance) {
 	drain := s.cfg.Launch.DrainTimeout
 	s.cfg.SDNotify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (drain + 10*time.Second).Microseconds()))
 	s.log.Info("draining", KeyGeneration, old.Gen, KeyPID, old.PID)
+	old.setDrainDeadline(time.Now().Add(drain))
+	s.saveState()
 	out := stopInstance(old, &s.cfg.Launch, drain, s.hurry, s.log)
 	old.setState(StateExited)
 	old.closeNotify()
