@@ -21,7 +21,7 @@ import (
 func TestFaultNewInstance(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "1500ms", "--drain-timeout", "2s",
+	p := e.startInProcess("--ready-timeout", "4s", "--drain-timeout", "2s",
 		"--health", "http://{health_addr}/")
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
