@@ -27,6 +27,13 @@
 #   READY_TIMEOUT  30s
 #   DRAIN_TIMEOUT  30s
 #
+# The pidfile holds the serving instance's PID alone (its start time, process
+# group and generation are in PIDFILE.state beside it), so the usual tools read
+# it: `kill -0 "$(cat "$PIDFILE")"` (is it up?), `pgrep -F "$PIDFILE"`, systemd's
+# PIDFile=, and `kill "$(cat "$PIDFILE")"` to stop it. swap signals only a
+# process it can verify as one it started; to take over from a pidfile written
+# by another tool, run changeover swap once by hand with --takeover.
+#
 # Nothing restarts a crashed instance between deploys: for that, run the server
 # under `changeover run` (see blue-green.sh and systemd/).
 set -euo pipefail
@@ -56,6 +63,9 @@ if [[ -n ${CHECK:-} ]]; then
 	args+=(--check "$CHECK")
 fi
 mkdir -p "$(dirname "$pidfile")"
+if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+	echo "deploy $name: replacing pid $(cat "$pidfile")"
+fi
 
 code=0
 "$changeover" "${args[@]}" -- "$release/server" "${server_args[@]}" || code=$?
@@ -64,7 +74,7 @@ case $code in
 	# Remember what serves (for people and for the next script).
 	ln -sfn "releases/$name" "$app_dir/current.tmp"
 	mv -T "$app_dir/current.tmp" "$app_dir/current"
-	echo "deployed $name (pid $(cut -d' ' -f1 "$pidfile"))"
+	echo "deployed $name (pid $(cat "$pidfile"))"
 	;;
 3) echo "deploy $name failed: it exited before it was ready; the old version keeps serving" >&2 ;;
 4) echo "deploy $name failed: not ready within ${READY_TIMEOUT:-30s}; the old version keeps serving" >&2 ;;

@@ -211,19 +211,40 @@
 //
 // `changeover swap --pidfile F -- COMMAND` deploys without a resident
 // supervisor: it starts COMMAND in its own session (output appended to
-// --log, default F with .log for .pid), waits until it is ready, writes "PID
-// STARTTIME GENERATION HEALTH_ADDR" to F atomically, sends the stop signal
-// (--stop-signal, SIGTERM by default) to the process
-// that F named (only if its start time still matches: a reused PID is never
-// signalled, it is reported and treated as a first deploy), waits for it to
-// exit with its whole process group (--drain-timeout, then SIGKILL of the
-// group, as run does) and exits 0. A failed new instance is
-// killed; F and the old process are left alone. Concurrent swaps on one F are
-// serialised by a flock on F.lock. An empty, garbage or unwritable F exits 2
-// with nothing touched. swap takes --log, --dir, --env-file, --health,
-// --check, --notify, --ready-timeout, --drain-timeout, --stop-signal,
-// --kill-mode and --log-format as run does: the stop signal goes to the old
-// process, and with --kill-mode group to its process group if it leads one.
+// --log, default F with .log for .pid), waits until it is ready, writes F
+// atomically, sends the stop signal (--stop-signal, SIGTERM by default) to
+// the process that F named, waits for it to exit with its whole process
+// group (--drain-timeout, then SIGKILL of the group, as run does) and exits
+// 0. A failed new instance is killed; F and the old process are left alone.
+// Concurrent swaps on one F are serialised by a flock on F.lock. An empty,
+// garbage or unwritable F exits 2 with nothing touched. swap takes --log,
+// --dir, --env-file, --health, --check, --notify, --ready-timeout,
+// --drain-timeout, --stop-signal, --kill-mode and --log-format as run does:
+// the stop signal goes to the old process, and with --kill-mode group to its
+// process group if it leads one.
+//
+// F holds the PID alone on one line, so kill -0 $(cat F), pgrep -F F,
+// systemd's PIDFile= and init scripts read it. What swap needs besides
+// (start time, process group, generation, health address; during a
+// handover, the draining generation and its deadline) is in F.state, a JSON
+// state file beside it, trusted only if it is the user's alone (as run's
+// state file). The process F names is signalled only if it is verified as
+// the one a swap started: F.state names it with the start time and process
+// group that /proc shows. A PID that is gone or now belongs to another
+// process (start time differs) is never signalled: reported, and treated as
+// a first deploy. A live process that cannot be verified (F.state missing,
+// as with a pidfile written by another tool, untrusted, or naming another
+// PID) is refused: exit 2, nothing touched, and the message says so. To take
+// over from another tool's pidfile, pass --takeover: the process F names is
+// then retired like an instance swap started. A pidfile of the previous
+// format ("PID STARTTIME GENERATION HEALTH_ADDR") is verified by its start
+// time and migrated without asking.
+//
+// SIGINT or SIGTERM to swap before F names the new instance kill the new
+// instance with its process group and leave F and the old instance as they
+// were (exit 128+signal: 130, 143); after, swap finishes the handover and
+// exits as it would have. F.lock and the log file are opened with
+// O_NOFOLLOW: a symlink there is refused (exit 2, nothing touched).
 //
 // # Exit codes
 //
@@ -231,12 +252,15 @@
 //	1  an error of changeover's own: control socket unreachable or in use,
 //	   COMMAND cannot be started (the message names the path), ...
 //	2  usage: unknown command, bad flag or value (named), nothing after --,
-//	   a garbage swap pidfile
+//	   a garbage swap pidfile, or one naming a live process swap cannot
+//	   verify (without --takeover), a symlinked swap lock or log file
 //	3  the new instance exited before it was ready
 //	4  the new instance was not ready in time (probe failing, no READY=1,
 //	   or it does not listen on an address the old one serves)
 //	5  --check refused the new generation
 //	6  run: the serving instance crashed more than --crash-limit times
+//	130, 143  swap: interrupted by SIGINT or SIGTERM before the new instance
+//	   took over (it was killed; nothing else changed)
 //
 // In 3, 4 and 5 the old version keeps serving. run exits with 3, 4 or 5 too
 // when generation 1 fails that way, with the instance's error in the message.

@@ -4,18 +4,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/internal/supervisor"
 )
 
 // cmdSwap implements "swap": a one-shot handover without a resident
-// supervisor. The pidfile holds "PID STARTTIME GENERATION HEALTH_ADDR"
-// (STARTTIME in clock ticks from /proc/PID/stat), so that a reused PID is
+// supervisor. The pidfile holds the PID alone; the start time, process
+// group, generation and health address are in PIDFILE.state, so that a
+// process swap did not start (a reused PID, another tool's pidfile) is
 // never signalled.
+//
+// SIGINT and SIGTERM before the pidfile names the new instance kill it
+// (with its group) and leave everything as it was: exit 128+signal. After,
+// the handover is finished first.
 func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("swap", "--pidfile F [flags] -- COMMAND [ARGS...]", stderr)
 	pidfile := fs.String("pidfile", "", "file holding the serving instance (required)")
@@ -30,6 +41,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	drainTimeout := durationFlag(fs, "drain-timeout", 30*time.Second, "how long the old instance may drain before SIGKILL")
 	stopSignal, killMode := stopFlags(fs)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	takeover := fs.Bool("takeover", false, "retire the process named by a pidfile that swap cannot verify as one it started (another tool's pidfile)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -52,14 +64,35 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := proc.CheckOwnNamespace(); err != nil {
 		return err
 	}
-	res, err := supervisor.Swap(ctx, supervisor.SwapConfig{
+	// A signal cancels the deploy until the pidfile names the new
+	// instance; Swap finishes the handover after that. Signals after the
+	// first are dropped (the channel is full), never fatal.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	defer signal.Stop(sigs)
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var caught atomic.Int32
+	go func() {
+		select {
+		case sig := <-sigs:
+			caught.Store(int32(sig.(unix.Signal)))
+			log.Warn("signal received", "signal", sig.String())
+			cancel(fmt.Errorf("signal %v", sig))
+		case <-sctx.Done():
+		}
+	}()
+	res, err := supervisor.Swap(sctx, supervisor.SwapConfig{
 		Pidfile: *pidfile, LogFile: *logFile,
 		Launch: supervisor.Launch{
 			Command: argv[0], Args: argv[1:], Dir: *dir, EnvFile: *envFile, Checks: checks,
 			DrainTimeout: *drainTimeout, StopSignal: *stopSignal, KillMode: *killMode,
 		},
-		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log,
+		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log, Takeover: *takeover,
 	})
+	if sig := unix.Signal(caught.Load()); err != nil && sig != 0 && errors.Is(err, supervisor.ErrInterrupted) {
+		return &codeError{code: 128 + int(sig), err: err}
+	}
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/changeover-dev/changeover/internal/proc"
 )
 
 // TestSwapNoFollow: swap's lock and log files are never opened through a
@@ -108,7 +110,9 @@ func TestSwapSignals(t *testing.T) {
 			if got := <-slow; !strings.HasPrefix(got, fmt.Sprintf("version=1 pid=%d", pid1)) {
 				t.Errorf("request in flight on the old instance answered %q", got)
 			}
-			groupGone(t, pid1)
+			// Started by an in-process swap, generation 1 is this test's
+			// child: a zombie once it exits, which kill -0 still finds.
+			waitFor(t, 5*time.Second, "generation 1's group empty", func() bool { return proc.GroupEmpty(pid1) })
 			burst(t, e.addr, 20, "2", e.aliveHelpers()[0])
 		})
 	}

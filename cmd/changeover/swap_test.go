@@ -3,7 +3,7 @@
 package main
 
 import (
-	"golang.org/x/sys/unix"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/changeover-dev/changeover/internal/proc"
+	"github.com/changeover-dev/changeover/internal/supervisor"
 )
 
 func readPidfile(t *testing.T, path string) []string {
@@ -23,6 +26,28 @@ func readPidfile(t *testing.T, path string) []string {
 		t.Fatal(err)
 	}
 	return strings.Fields(string(b))
+}
+
+// swapGeneration is the generation that the state file beside pidfile
+// gives the PID in the pidfile.
+func swapGeneration(t *testing.T, pidfile string) int {
+	t.Helper()
+	f := readPidfile(t, pidfile)
+	b, err := os.ReadFile(supervisor.SwapStatePath(pidfile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st supervisor.StateFile
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatalf("state file: %v", err)
+	}
+	for _, g := range st.Generations {
+		if len(f) > 0 && strconv.Itoa(g.PID) == f[0] {
+			return g.Generation
+		}
+	}
+	t.Fatalf("state file %s does not name pid %v: %s", supervisor.SwapStatePath(pidfile), f, b)
+	return 0
 }
 
 func TestSwap(t *testing.T) {
@@ -39,8 +64,8 @@ func TestSwap(t *testing.T) {
 		t.Fatalf("first swap: exit %d: %s", code, stderr)
 	}
 	f := readPidfile(t, pidfile)
-	if len(f) != 4 || f[2] != "1" {
-		t.Fatalf("pidfile after first deploy: %q", f)
+	if len(f) != 1 || swapGeneration(t, pidfile) != 1 {
+		t.Fatalf("pidfile after first deploy: %q (generation %d)", f, swapGeneration(t, pidfile))
 	}
 	pid1, _ := strconv.Atoi(f[0])
 	if got := get(e.addr); !strings.HasPrefix(got, "version=1 pid="+f[0]) {
@@ -56,7 +81,7 @@ func TestSwap(t *testing.T) {
 		t.Fatalf("second swap: exit %d: %s", code, stderr)
 	}
 	f = readPidfile(t, pidfile)
-	if f[2] != "2" || f[0] == strconv.Itoa(pid1) {
+	if swapGeneration(t, pidfile) != 2 || f[0] == strconv.Itoa(pid1) {
 		t.Fatalf("pidfile after second deploy: %q", f)
 	}
 	if proc.Alive(pid1, 0) {
@@ -136,7 +161,7 @@ func TestSwapReusedPID(t *testing.T) {
 		t.Fatal("the process with the reused PID was signalled")
 	default:
 	}
-	if f := readPidfile(t, pidfile); f[0] == strconv.Itoa(bystander.Process.Pid) || f[2] != "5" {
+	if f := readPidfile(t, pidfile); f[0] == strconv.Itoa(bystander.Process.Pid) || swapGeneration(t, pidfile) != 5 {
 		t.Errorf("pidfile %q", f)
 	}
 }
@@ -158,7 +183,7 @@ func TestSwapSerialised(t *testing.T) {
 			t.Errorf("swap exit %d", c)
 		}
 	}
-	if f := readPidfile(t, pidfile); f[2] != "2" {
+	if f := readPidfile(t, pidfile); len(f) != 1 || swapGeneration(t, pidfile) != 2 {
 		t.Errorf("pidfile %q, want generation 2", f)
 	}
 	waitFor(t, 5*time.Second, "one instance left", func() bool { return len(e.aliveHelpers()) == 1 })

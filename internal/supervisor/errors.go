@@ -20,6 +20,9 @@ var (
 	ErrProbeSharedPort = errors.New("probe targets a shared port")
 	// ErrStopping: the supervisor is stopping; no reload.
 	ErrStopping = errors.New("supervisor is stopping")
+	// ErrInterrupted: swap was interrupted (SIGINT, SIGTERM) before the
+	// pidfile named the new instance, which was killed.
+	ErrInterrupted = errors.New("interrupted")
 )
 
 // ErrUsage: a bad value in the swap pidfile or configuration (exit code 2).

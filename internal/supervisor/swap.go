@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,13 +22,23 @@ import (
 
 // SwapConfig configures Swap.
 type SwapConfig struct {
-	Pidfile      string // holds "PID STARTTICKS GENERATION HEALTH_ADDR"
-	LogFile      string // instance stdout and stderr (appended)
+	// Pidfile holds the PID of the serving instance alone on one line, as
+	// kill $(cat F), pgrep -F F and systemd's PIDFile= read it. What Swap
+	// needs besides (start time, process group, generation, health
+	// address) is in SwapStatePath(Pidfile).
+	Pidfile      string
+	LogFile      string // instance stdout and stderr (appended); default Pidfile with .log for .pid
 	Launch       Launch // Stdout/Stderr/Relay/Setsid are set by Swap
 	Probes       []string
 	Notify       bool
 	ReadyTimeout time.Duration
-	Log          *slog.Logger
+	// Takeover lets Swap retire the live process named by a pidfile that it
+	// cannot verify as an instance it started (no state file beside it, as
+	// with another tool's pidfile): it is signalled after a check that it
+	// is alive and was not restarted since. Default false: such a pidfile
+	// is refused, nothing touched.
+	Takeover bool
+	Log      *slog.Logger
 }
 
 // SwapResult says what Swap did.
@@ -38,14 +49,25 @@ type SwapResult struct {
 	OldKilled  bool
 }
 
-// pidRecord is the content of a swap pidfile.
+// SwapStatePath is the state file beside a swap pidfile: PIDFILE.state, a
+// StateFile whose generations are the serving instance (and, during a
+// handover, the draining one).
+func SwapStatePath(pidfile string) string { return pidfile + ".state" }
+
+// pidRecord is what a swap pidfile and its state file say.
 type pidRecord struct {
 	PID    int
-	Ticks  uint64
+	PGID   int    // recorded process group; 0: not recorded
+	Ticks  uint64 // recorded start time; 0: not recorded (unverifiable)
 	Gen    int
 	Health string
+	Legacy bool   // "PID STARTTIME [GEN [ADDR]]", written by releases before the state file
+	Why    string // why the record cannot be verified (Ticks 0)
 }
 
+// parsePidfile reads a swap pidfile: the PID alone (this release; the rest
+// comes from the state file beside it), or the previous release's "PID
+// STARTTIME [GENERATION [HEALTH_ADDR]]".
 func parsePidfile(path string) (*pidRecord, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -55,20 +77,26 @@ func parsePidfile(path string) (*pidRecord, error) {
 		return nil, fmt.Errorf("%w: read pidfile %s: %w; nothing touched", ErrUsage, path, err)
 	}
 	f := strings.Fields(string(b))
-	bad := fmt.Errorf("%w: pidfile %s holds %q, want \"PID STARTTIME [GENERATION [HEALTH_ADDR]]\"; nothing touched", ErrUsage, path, strings.TrimSpace(string(b)))
+	bad := fmt.Errorf("%w: pidfile %s holds %q, want a PID (or the previous format \"PID STARTTIME [GENERATION [HEALTH_ADDR]]\"); nothing touched", ErrUsage, path, strings.TrimSpace(string(b)))
 	if len(f) < 1 || len(f) > 4 {
 		return nil, bad
 	}
-	var r pidRecord
+	r := pidRecord{Gen: 1}
 	if r.PID, err = strconv.Atoi(f[0]); err != nil || r.PID <= 1 {
 		return nil, bad
 	}
-	if len(f) > 1 {
-		if r.Ticks, err = strconv.ParseUint(f[1], 10, 64); err != nil {
-			return nil, bad
-		}
+	if len(f) == 1 {
+		return &r, nil
 	}
-	r.Gen = 1
+	// The previous release started every instance in a session of its
+	// own, so its process group is its PID.
+	r.Legacy, r.PGID = true, r.PID
+	if r.Ticks, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+		return nil, bad
+	}
+	if r.Ticks == 0 {
+		r.Why = "the pidfile records no start time"
+	}
 	if len(f) > 2 {
 		if r.Gen, err = strconv.Atoi(f[2]); err != nil || r.Gen < 1 {
 			return nil, bad
@@ -80,22 +108,89 @@ func parsePidfile(path string) (*pidRecord, error) {
 	return &r, nil
 }
 
+// readSwapRecord reads the pidfile and completes it from the state file
+// beside it, if that file is trusted (see loadState) and names the same PID.
+func readSwapRecord(pidfile string) (*pidRecord, error) {
+	r, err := parsePidfile(pidfile)
+	if r == nil || err != nil || r.Legacy {
+		return r, err
+	}
+	statePath := SwapStatePath(pidfile)
+	st, err := loadState(statePath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		r.Why = "no state file " + statePath + " beside it: not written by changeover swap"
+		return r, nil
+	case err != nil:
+		r.Why = err.Error()
+		return r, nil
+	}
+	for _, g := range st.Generations {
+		r.Gen = max(r.Gen, g.Generation)
+		if g.PID == r.PID {
+			r.PGID, r.Ticks, r.Gen, r.Health = g.PGID, g.StartTicks, g.Generation, g.HealthAddr
+			if r.Ticks == 0 {
+				r.Why = "its state records no start time"
+			}
+			return r, nil
+		}
+	}
+	r.Why = fmt.Sprintf("the state file %s does not name pid %d", statePath, r.PID)
+	return r, nil
+}
+
+// lockPidfile takes the flock on PIDFILE.lock (never through a symlink),
+// waiting until it is free or ctx is done.
+func lockPidfile(ctx context.Context, pidfile string) (*os.File, error) {
+	lock, err := os.OpenFile(pidfile+".lock", os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: lock for pidfile %s: %w; nothing touched", ErrUsage, pidfile, err)
+	}
+	for {
+		err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return lock, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			lock.Close()
+			return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
+		}
+		select {
+		case <-ctx.Done():
+			lock.Close()
+			return nil, fmt.Errorf("waiting for the lock %s (another swap runs): %w", lock.Name(), context.Cause(ctx))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Swap starts the command detached (own session, output to LogFile), waits
-// until it is ready, writes it to the pidfile and retires the process named
-// there. Two Swaps on one pidfile are serialised by a flock on PIDFILE.lock.
+// until it is ready, writes it to the pidfile (its state beside it) and
+// retires the process named there. Two Swaps on one pidfile are serialised
+// by a flock on PIDFILE.lock.
+//
+// ctx cancels the deploy only until the pidfile names the new instance:
+// before that, the new instance is killed with its process group and the
+// pidfile and the old instance are left as they were (the error wraps
+// ErrInterrupted); after it, Swap finishes the handover (the old instance
+// drains and exits, or is killed at the drain deadline) whatever ctx says.
+//
+// The old process is signalled only if it is verified as the instance a
+// swap started (start time and process group, from the state file or a
+// pidfile of the previous format, match /proc), or if cfg.Takeover is set.
 func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	log := cfg.Log
-	lock, err := os.OpenFile(cfg.Pidfile+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	lock, err := lockPidfile(ctx, cfg.Pidfile)
 	if err != nil {
-		return nil, fmt.Errorf("%w: lock for pidfile %s: %w; nothing touched", ErrUsage, cfg.Pidfile, err)
+		return nil, err
 	}
 	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
-	}
 	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
 
-	rec, err := parsePidfile(cfg.Pidfile)
+	rec, err := readSwapRecord(cfg.Pidfile)
 	if err != nil {
 		return nil, err
 	}
@@ -106,32 +201,18 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	probe.Close()
 	os.Remove(probe.Name())
 
-	var old *Instance
-	gen := 1
-	if rec != nil {
-		gen = rec.Gen + 1
-		st, err := proc.ReadStat(rec.PID)
-		switch {
-		case err != nil || st.State == 'Z':
-			log.Warn("pidfile names a process that is gone; first deploy", "pidfile", cfg.Pidfile, KeyPID, rec.PID)
-		case rec.Ticks != 0 && st.StartTime != rec.Ticks:
-			log.Warn("pidfile names a reused PID (start time differs); not signalling it; first deploy",
-				"pidfile", cfg.Pidfile, KeyPID, rec.PID, "want_start", rec.Ticks, "have_start", st.StartTime)
-		default:
-			old = adopt(rec.Gen, rec.PID, st.PGID, st.StartTime, rec.Health)
-			if st.PGID != rec.PID || st.PGID == unix.Getpgrp() {
-				old.PGID = 0 // not a group of its own: signal the PID alone
-			}
-		}
+	old, gen, err := swapOld(cfg, rec, log)
+	if err != nil {
+		return nil, err
 	}
 
 	logPath := cfg.LogFile
 	if logPath == "" {
 		logPath = strings.TrimSuffix(cfg.Pidfile, ".pid") + ".log"
 	}
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open instance log %s: %w", logPath, err)
+		return nil, fmt.Errorf("%w: open instance log %s: %w; nothing touched", ErrUsage, logPath, err)
 	}
 	defer lf.Close()
 	offset, _ := lf.Seek(0, 2)
@@ -145,6 +226,9 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	defer rp.Close()
 	s := New(Config{Launch: l, Probes: cfg.Probes, Notify: cfg.Notify, ReadyTimeout: cfg.ReadyTimeout, Log: log, Reaper: rp})
 	in, err := s.startReady(ctx, gen, old)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("%w before the new instance was ready: it was killed with its process group; %s and the old instance are untouched: %w", ErrInterrupted, cfg.Pidfile, context.Cause(ctx))
+	}
 	if err != nil {
 		if tail := fileTail(logPath, offset, 5); tail != "" && !strings.Contains(err.Error(), "last stderr") {
 			err = fmt.Errorf("%w; last lines of %s: %s", err, logPath, tail)
@@ -152,11 +236,32 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 		return nil, err
 	}
 	in.closeNotify()
-	content := fmt.Sprintf("%d %d %d %s\n", in.PID, in.StartTicks, gen, in.HealthAddr)
-	if err := writeFileAtomic(cfg.Pidfile, []byte(content), 0o644); err != nil {
+	if ctx.Err() != nil {
+		killGroupAndWait(in)
+		return nil, fmt.Errorf("%w before the pidfile named the new instance: it was killed; %s and the old instance are untouched: %w", ErrInterrupted, cfg.Pidfile, context.Cause(ctx))
+	}
+	gens := []StateGen{swapGen(in, StateServing)}
+	if old != nil {
+		draining := swapGen(old, StateDraining)
+		draining.DrainDeadline = time.Now().Add(l.DrainTimeout)
+		gens = append(gens, draining)
+	}
+	// The state first: a pidfile must never name a PID that its state
+	// file does not describe.
+	err = writeSwapState(cfg.Pidfile, gens)
+	if err == nil {
+		err = writeFileAtomic(cfg.Pidfile, []byte(strconv.Itoa(in.PID)+"\n"), 0o644)
+	}
+	if err != nil {
 		killGroupAndWait(in)
 		return nil, fmt.Errorf("new instance killed: %w", err)
 	}
+	// From here on the handover is finished whatever ctx says.
+	stopNote := context.AfterFunc(ctx, func() {
+		log.Warn("interrupted after the pidfile named the new instance: finishing the handover",
+			KeyGeneration, gen, KeyPID, in.PID, "pidfile", cfg.Pidfile)
+	})
+	defer stopNote()
 	log.Info("generation ready", KeyGeneration, gen, KeyPID, in.PID, "pidfile", cfg.Pidfile)
 	res := &SwapResult{Generation: gen, PID: in.PID}
 	if old == nil {
@@ -167,7 +272,71 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	out := stopInstance(old, &l, l.DrainTimeout, nil, log)
 	res.OldKilled = out.Killed
 	logStopped(log, old, out, start)
+	if err := writeSwapState(cfg.Pidfile, gens[:1]); err != nil {
+		log.Warn("cannot rewrite the state file", "path", SwapStatePath(cfg.Pidfile), KeyError, err)
+	}
 	return res, nil
+}
+
+// swapOld decides what to do with the process the pidfile names: the
+// instance to retire (nil: a first deploy) and the next generation number.
+// A live process that cannot be verified is an error (nothing touched)
+// unless cfg.Takeover.
+func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, error) {
+	if rec == nil {
+		return nil, 1, nil
+	}
+	gen := rec.Gen + 1
+	st, err := proc.ReadStat(rec.PID)
+	if err != nil || st.State == 'Z' || st.State == 'X' {
+		log.Warn("pidfile names a process that is gone; first deploy", "pidfile", cfg.Pidfile, KeyPID, rec.PID)
+		return nil, gen, nil
+	}
+	if rec.Ticks != 0 {
+		if st.StartTime != rec.Ticks {
+			log.Warn("pidfile names a reused PID (start time differs); not signalling it; first deploy",
+				"pidfile", cfg.Pidfile, KeyPID, rec.PID, "want_start", rec.Ticks, "have_start", st.StartTime)
+			return nil, gen, nil
+		}
+		if err := proc.Verify(rec.PID, rec.PGID, rec.Ticks); err != nil {
+			rec.Why = err.Error()
+		} else {
+			if rec.Legacy {
+				log.Info("pidfile of the previous format (PID STARTTIME GENERATION HEALTH_ADDR) verified: migrating it to the PID alone, with a state file beside it",
+					"pidfile", cfg.Pidfile, "state", SwapStatePath(cfg.Pidfile), KeyPID, rec.PID)
+			}
+			old := adopt(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Health)
+			if rec.PGID != rec.PID || rec.PGID == unix.Getpgrp() {
+				old.PGID = 0 // not a group of its own: signal the PID alone
+			}
+			return old, gen, nil
+		}
+	}
+	if !cfg.Takeover {
+		return nil, 0, fmt.Errorf("%w: pidfile %s names pid %d, which swap cannot verify as an instance it started (%s); nothing touched. To retire it anyway (a pidfile written by another tool), pass --takeover",
+			ErrUsage, cfg.Pidfile, rec.PID, rec.Why)
+	}
+	log.Warn("taking over from a pidfile swap cannot verify (--takeover)", "pidfile", cfg.Pidfile, KeyPID, rec.PID, "reason", rec.Why)
+	old := adopt(rec.Gen, rec.PID, st.PGID, st.StartTime, rec.Health)
+	if st.PGID != rec.PID || st.PGID == unix.Getpgrp() {
+		old.PGID = 0
+	}
+	return old, gen, nil
+}
+
+// swapGen is the state of an instance in a swap state file.
+func swapGen(in *Instance, state string) StateGen {
+	return StateGen{Generation: in.Gen, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
+		Started: in.Started, State: state, HealthAddr: in.HealthAddr}
+}
+
+// writeSwapState writes the state file beside pidfile.
+func writeSwapState(pidfile string, gens []StateGen) error {
+	b, err := json.MarshalIndent(StateFile{Name: filepath.Base(pidfile), Generations: gens}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("state file %s: %w", SwapStatePath(pidfile), err)
+	}
+	return writeFileAtomic(SwapStatePath(pidfile), append(b, '\n'), 0o644)
 }
 
 // fileTail returns up to n last lines of path after offset.
