@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -47,7 +50,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// serverMain serves "gen=N" on $TEST_ADDR, HTTP/1.1 and h2c, through runner.
+// serverMain serves "gen=N" on $TEST_ADDR, HTTP/1.1 and h2c, and on
+// $TEST_TLS_ADDR (if set) over TLS, HTTP/2 and HTTP/1.1, through runner.
 func serverMain() int {
 	ctx, stop := runner.SignalContext(context.Background())
 	defer stop()
@@ -63,6 +67,7 @@ func serverMain() int {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
+	protos.SetHTTP2(true)
 	srv := &http.Server{Handler: mux, Protocols: &protos}
 	if os.Getenv("TEST_NAIVE") == "1" {
 		return naiveServe(ctx, srv)
@@ -81,6 +86,14 @@ func serverMain() int {
 		return 1
 	}
 	r.ServeHTTP(srv, ln)
+	if tlsAddr := os.Getenv("TEST_TLS_ADDR"); tlsAddr != "" {
+		tln, err := r.Listen(ctx, "tcp", tlsAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		r.ServeHTTP(srv, tls.NewListener(tln, serverTLSConfig()))
+	}
 	if err := r.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -97,6 +110,15 @@ func naiveServe(ctx context.Context, srv *http.Server) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	lns := []net.Listener{ln}
+	if tlsAddr := os.Getenv("TEST_TLS_ADDR"); tlsAddr != "" {
+		tln, err := reuseport.Listen(ctx, "tcp", tlsAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		lns = append(lns, tls.NewListener(tln, serverTLSConfig()))
+	}
 	go func() {
 		<-ctx.Done()
 		srv.Shutdown(context.Background())
@@ -106,8 +128,14 @@ func naiveServe(ctx context.Context, srv *http.Server) int {
 		c.Write([]byte("READY=1"))
 		c.Close()
 	}
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return 1
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() { errc <- srv.Serve(l) }()
+	}
+	for range lns {
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			return 1
+		}
 	}
 	return 0
 }
@@ -118,15 +146,21 @@ type scenario struct {
 	Restarts int
 	Clients  int // per mode
 	Addr     string
-	Naive    bool  // serve without runner (naiveServe)
-	Broken   bool  // before each restart, a generation that never gets ready comes and is killed
-	Progress int64 // answers per mode between restarts
+	TLSAddr  string // for the h2-tls mode
+	Naive    bool   // serve without runner (naiveServe)
+	Broken   bool   // before each restart, a generation that never gets ready comes and is killed
+	Progress int64  // answers per mode between restarts
 }
 
 // modeResult is what the clients of one mode saw.
 type modeResult struct {
 	Requests int64
 	Failures int64
+	// Retries counts the requests for which the Go client got more than
+	// one connection (httptrace GotConn): it retried them silently, on a
+	// connection that the server closed (HTTP/1) or that refused the
+	// stream (HTTP/2 GOAWAY), so a failure may hide in a success.
+	Retries  int64
 	Kinds    map[string]int64
 	Gens     map[string]int64 // answers per generation
 	Examples []string
@@ -138,7 +172,7 @@ type result struct {
 	Err     string
 }
 
-var modes = []string{"newconn-get", "keepalive-get", "keepalive-post", "h2c"}
+var modes = []string{"newconn-get", "keepalive-get", "keepalive-post", "h2c", "h2-tls"}
 
 func client(mode string) *http.Client {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16, DisableCompression: true}
@@ -149,6 +183,11 @@ func client(mode string) *http.Client {
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
 		tr.Protocols = &p
+	case "h2-tls":
+		var p http.Protocols
+		p.SetHTTP2(true)
+		tr.Protocols = &p
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // the test certificate
 	}
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
@@ -199,7 +238,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 		}
 	}()
 	start := func(gen int) (*proc, error) {
-		p, err := startServer(ctx, dir, s.Addr, gen, s.Naive, false)
+		p, err := startServer(ctx, dir, s.Addr, s.TLSAddr, gen, s.Naive, false)
 		if p != nil {
 			procs = append(procs, p)
 		}
@@ -232,9 +271,12 @@ func (s scenario) run(ctx context.Context) (res result) {
 						return
 					default:
 					}
-					gen, err := doRequest(ctx, c, mode, s.Addr, i, n)
+					gen, conns, err := doRequest(ctx, c, mode, s, i, n)
 					mu.Lock()
 					mr.Requests++
+					if conns > 1 {
+						mr.Retries++
+					}
 					if err != nil {
 						mr.Failures++
 						mr.Kinds[classify(err)]++
@@ -276,7 +318,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 		if s.Broken {
 			// A broken new version: it listens beside the serving one but
 			// never becomes ready, and is killed while the load runs.
-			b, err := startServer(ctx, dir, s.Addr, brokenGen+gen, false, true)
+			b, err := startServer(ctx, dir, s.Addr, s.TLSAddr, brokenGen+gen, false, true)
 			if b != nil {
 				procs = append(procs, b)
 			}
@@ -311,35 +353,52 @@ func (s scenario) run(ctx context.Context) (res result) {
 	return res
 }
 
-func doRequest(ctx context.Context, c *http.Client, mode, addr string, client, n int) (string, error) {
-	url := "http://" + addr + "/"
+// doRequest sends one request and returns the generation that answered
+// and how many connections the client got for it (more than one: it was
+// retried).
+func doRequest(ctx context.Context, c *http.Client, mode string, s scenario, client, n int) (gen string, conns int64, err error) {
+	url := "http://" + s.Addr + "/"
+	if mode == "h2-tls" {
+		url = "https://" + s.TLSAddr + "/"
+	}
 	method, body := http.MethodGet, io.Reader(nil)
 	switch {
 	case mode == "keepalive-post":
 		method, body = http.MethodPost, strings.NewReader(strings.Repeat("x", 512))
-	case mode == "h2c" && client == 0 && n%4 == 0:
+	case (mode == "h2c" || mode == "h2-tls") && client == 0 && n%4 == 0:
 		url += "?sleep=50ms" // streams in flight across the GOAWAY
 	}
+	var got atomic.Int64
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { got.Add(1) }})
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return "", err
+		return "", got.Load(), err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "", err
+		return "", got.Load(), err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %s", resp.Status)
+		return "", got.Load(), fmt.Errorf("status %s", resp.Status)
 	}
-	if mode == "h2c" && resp.ProtoMajor != 2 {
-		return "", fmt.Errorf("h2c request answered over %s", resp.Proto)
+	if (mode == "h2c" || mode == "h2-tls") && resp.ProtoMajor != 2 {
+		return "", got.Load(), fmt.Errorf("%s request answered over %s", mode, resp.Proto)
 	}
-	return strings.TrimPrefix(string(b), "gen="), nil
+	return strings.TrimPrefix(string(b), "gen="), got.Load(), nil
+}
+
+// serverTLSConfig serves net/http/httptest's certificate (for 127.0.0.1
+// and example.com), HTTP/2 first.
+func serverTLSConfig() *tls.Config {
+	ts := httptest.NewUnstartedServer(nil)
+	ts.StartTLS()
+	defer ts.Close()
+	return &tls.Config{Certificates: ts.TLS.Certificates, NextProtos: []string{"h2", "http/1.1"}}
 }
 
 // proc is one server generation.
@@ -372,7 +431,7 @@ const brokenGen = 1000
 
 // startServer starts one generation and waits for its READY=1, or, for a
 // broken one (whose health handler always fails), until it listens.
-func startServer(ctx context.Context, dir, addr string, gen int, naive, broken bool) (*proc, error) {
+func startServer(ctx context.Context, dir, addr, tlsAddr string, gen int, naive, broken bool) (*proc, error) {
 	sock := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", gen))
 	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -382,7 +441,8 @@ func startServer(ctx context.Context, dir, addr string, gen int, naive, broken b
 	p := &proc{gen: gen, stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(os.Args[0])
 	p.cmd.Env = append(os.Environ(), "RUNNER_TEST_ROLE=server", "TEST_ADDR="+addr,
-		"NOTIFY_SOCKET="+sock, "CHANGEOVER_GENERATION="+strconv.Itoa(gen), "CHANGEOVER_DRAIN_TIMEOUT=20s")
+		"NOTIFY_SOCKET="+sock, "CHANGEOVER_GENERATION="+strconv.Itoa(gen), "CHANGEOVER_DRAIN_TIMEOUT=20s",
+		"TEST_TLS_ADDR="+tlsAddr)
 	if naive {
 		p.cmd.Env = append(p.cmd.Env, "TEST_NAIVE=1")
 	}
@@ -543,10 +603,10 @@ func TestBrokenNewVersionCostsNothing(t *testing.T) {
 	s := scenario{Restarts: 5, Clients: 2, Progress: 50, Broken: true}
 	var res result
 	if os.Geteuid() == 0 {
-		s.Addr = "127.0.0.1:8080"
+		s.Addr, s.TLSAddr = "127.0.0.1:8080", "127.0.0.1:8443"
 		res = runInNetns(t, s, 0)
 	} else {
-		s.Addr = freeAddr(t)
+		s.Addr, s.TLSAddr = freeAddr(t), freeAddr(t)
 		res = s.run(context.Background())
 	}
 	if res.Err != "" {
@@ -554,7 +614,10 @@ func TestBrokenNewVersionCostsNothing(t *testing.T) {
 	}
 	for _, mode := range modes {
 		mr := res.Modes[mode]
-		t.Logf("%-15s requests=%d failures=%d generations=%v", mode, mr.Requests, mr.Failures, mr.Gens)
+		t.Logf("%-15s requests=%d failures=%d retries=%d generations=%v", mode, mr.Requests, mr.Failures, mr.Retries, mr.Gens)
+		if mr.Retries != 0 {
+			t.Errorf("%s: the client silently retried %d of %d requests", mode, mr.Retries, mr.Requests)
+		}
 		if mr.Failures != 0 {
 			t.Errorf("%s: %d of %d requests failed: %v, e.g. %q", mode, mr.Failures, mr.Requests, mr.Kinds, mr.Examples)
 		}
@@ -580,14 +643,14 @@ func TestHandoverZeroLoss(t *testing.T) {
 		t.Run(fmt.Sprintf("tcp_migrate_req=%d", migrate), func(t *testing.T) {
 			var res result
 			if os.Geteuid() == 0 {
-				s.Addr = "127.0.0.1:8080" // a namespace of our own: any port is free
+				s.Addr, s.TLSAddr = "127.0.0.1:8080", "127.0.0.1:8443" // a namespace of our own: any port is free
 				res = runInNetns(t, s, migrate)
 			} else {
 				current, err := reuseport.MigrateReq()
 				if err != nil || current != (migrate == 1) {
 					t.Skipf("not root, so no network namespace of our own; this namespace has tcp_migrate_req=%v", current)
 				}
-				s.Addr = freeAddr(t)
+				s.Addr, s.TLSAddr = freeAddr(t), freeAddr(t)
 				res = s.run(context.Background())
 			}
 			if res.Err != "" {
@@ -598,7 +661,12 @@ func TestHandoverZeroLoss(t *testing.T) {
 			}
 			for _, mode := range modes {
 				mr := res.Modes[mode]
-				t.Logf("%-15s requests=%d failures=%d kinds=%v generations=%d", mode, mr.Requests, mr.Failures, mr.Kinds, len(mr.Gens))
+				t.Logf("%-15s requests=%d failures=%d retries=%d kinds=%v generations=%d", mode, mr.Requests, mr.Failures, mr.Retries, mr.Kinds, len(mr.Gens))
+				// A silent retry is a failure the client hid: a request sent
+				// on a connection the server closed, or a stream refused.
+				if mr.Retries != 0 {
+					t.Errorf("%s: the client silently retried %d of %d requests", mode, mr.Retries, mr.Requests)
+				}
 				if mr.Failures != 0 {
 					t.Errorf("%s: %d of %d requests failed: %v, e.g. %q", mode, mr.Failures, mr.Requests, mr.Kinds, mr.Examples)
 				}
