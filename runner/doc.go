@@ -42,11 +42,13 @@
 //  3. waits for Serve to return, so that every accepted connection is known;
 //  4. waits until its HTTP/1.x connections are gone or KeepAliveWindow has
 //     passed: each keep-alive connection closes after its next response;
-//     then, until the deadline, until no connection is left that was
-//     accepted but has not sent its request yet (Shutdown would close it
-//     without a response once that request arrives). HTTP/2 connections
-//     (TLS "h2" and h2c) are not waited for here: GOAWAY, unlike closing an
-//     idle HTTP/1 connection, is graceful;
+//     an HTTP/2 connection (TLS "h2" or h2c) is waited for in that window
+//     only while it has streams open or has been idle for less than 500 ms
+//     (each response during the drain carries GOAWAY, and GOAWAY, unlike
+//     closing an idle HTTP/1 connection, is graceful); then, until the
+//     deadline, until no connection is left that was accepted but has not
+//     sent its request yet (Shutdown would close it without a response once
+//     that request arrives);
 //  5. calls [http.Server.Shutdown], which sends GOAWAY on every HTTP/2
 //     connection (its streams finish; an idle one is closed 1 s later),
 //     closes the HTTP/1 connections that stayed idle for the whole window and

@@ -111,7 +111,16 @@ type connState struct {
 	// and the HTTP/2 server calls ConnState (active, idle) only once it has
 	// read the client's preface; until then the hook still says StateNew.
 	http2 bool
+	since time.Time // when state last changed
 }
+
+// h2IdleGrace is how long an HTTP/2 connection must have been idle (no
+// stream open) before the drain lets Shutdown send it GOAWAY. A GOAWAY that
+// crosses a new stream refuses it: the client retries it on another
+// connection, which is safe (the stream was not processed) but is a retry.
+// A client between two requests sends the next one well within it; a
+// connection quiet for longer is idle for real (a browser, a gRPC channel).
+const h2IdleGrace = 500 * time.Millisecond
 
 func (s *httpServer) addListener(l *listener, raw net.Listener) {
 	s.lns = append(s.lns, served{raw: raw, l: l})
@@ -144,7 +153,7 @@ func (s *httpServer) prepare() {
 			delete(s.conns, c)
 		default:
 			cs := s.conns[c]
-			cs.state = st
+			cs.state, cs.since = st, time.Now()
 			s.conns[c] = cs
 		}
 		s.mu.Unlock()
@@ -272,6 +281,7 @@ func (s *httpServer) serve() error {
 type connCount struct {
 	open   int // every connection
 	http1  int // HTTP/1.x connections (not handed to HTTP/2)
+	busyH2 int // HTTP/2 connections not idle for h2IdleGrace yet
 	active int // serving a request (HTTP/1) or streams, or waiting for its preface (HTTP/2)
 	fresh  int // HTTP/1.x, accepted, no request read yet
 }
@@ -285,6 +295,9 @@ func (s *httpServer) count() connCount {
 		case cs.http2:
 			if cs.state != http.StateIdle {
 				n.active++
+			}
+			if cs.state != http.StateIdle || time.Since(cs.since) < h2IdleGrace {
+				n.busyH2++
 			}
 		case cs.state == http.StateActive:
 			n.http1++
@@ -313,18 +326,23 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 
 	// HTTP/1.x: each keep-alive connection closes after its next response
 	// (Connection: close); the idle ones are left the window to send it.
-	// HTTP/2 connections are not waited for: Shutdown sends each one GOAWAY,
-	// which is graceful where closing an idle HTTP/1 connection is not.
-	// The streams the GOAWAY covers finish; a stream the client opens as it
-	// is sent is refused unprocessed, which HTTP/2 clients retry on a new
-	// connection (RFC 9113 8.7). A connection that got a response during
-	// the drain already had its GOAWAY then (net/http's HTTP/2 server sends
-	// it before the response when the header says Connection: close).
+	// HTTP/2: a stream answered during the drain carries GOAWAY (net/http's
+	// HTTP/2 server sends it before the response when the header says
+	// Connection: close), so the connections with streams open, or that
+	// were between two requests, are left the window to get one. One that
+	// has been idle for h2IdleGrace is not waited for: Shutdown sends it
+	// GOAWAY, which, unlike closing an idle HTTP/1 connection, is graceful
+	// (RFC 9113 6.8: streams it covers finish, a stream it crosses is
+	// refused unprocessed and the client retries it).
 	end := time.Now().Add(window)
 	if deadline.Before(end) {
 		end = deadline
 	}
-	for s.count().http1 > 0 && time.Now().Before(end) {
+	for {
+		n := s.count()
+		if n.http1+n.busyH2 == 0 || !time.Now().Before(end) {
+			break
+		}
 		time.Sleep(pollInterval)
 	}
 	// Shutdown must not see a new connection: a request read from one after
