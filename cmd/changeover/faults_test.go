@@ -38,6 +38,7 @@ func TestFaultNewInstance(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			load := startLoad(t, e.addr, 2)
+			from := time.Now()
 			load.waitSent(t, 20)
 			e.setFault(tc.mode, "bad")
 			gen++
@@ -61,6 +62,8 @@ func TestFaultNewInstance(t *testing.T) {
 			if failed != 0 {
 				t.Errorf("%d of %d requests failed while generation 1 kept serving", failed, sent)
 			}
+			v1 := answerOf("1", pid1)
+			load.answeredBy(t, "new instance "+tc.mode, from, time.Time{}, []string{v1}, v1)
 			burst(t, e.addr, 50, "1", pid1)
 			if alive := e.aliveHelpers(); len(alive) != 1 || alive[0] != pid1 {
 				t.Errorf("instances alive %v, want only generation 1 (pid %d)", alive, pid1)
@@ -68,6 +71,37 @@ func TestFaultNewInstance(t *testing.T) {
 		})
 	}
 	e.setFault(faultOK, "1")
+}
+
+// TestFaultNewInstanceControl is the control run of TestFaultNewInstance
+// and TestFaultSIGTERMDuringReload: with naive servers (no steering: a new
+// instance gets a share of new connections as soon as it listens), a new
+// version that listens but never becomes ready answers requests, and the
+// who-answered check of those tests sees it. With runner, the new instance
+// is dark and answers none.
+func TestFaultNewInstanceControl(t *testing.T) {
+	e := newEnv(t)
+	p := e.startInProcess("--ready-timeout", "3s", "--drain-timeout", "2s")
+	st := e.waitServing(p, 1)
+	v1 := answerOf("1", servingPID(t, st))
+	load := startLoad(t, e.addr, 2)
+	from := time.Now()
+	load.waitSent(t, 20)
+	e.setEnv("bad", envMode+"=never-ready")
+	if code, _, stderr := cli("reload", "--control", e.sock); code != exitNotReady {
+		t.Errorf("reload: exit %d, want %d: %s", code, exitNotReady, stderr)
+	}
+	load.report(t, "control: naive servers, a new version never ready")
+	others := 0
+	for a, n := range load.answersIn(from) {
+		if a != v1 {
+			others += n
+		}
+	}
+	t.Logf("CONTROL: %d requests answered by the naive new version that never became ready", others)
+	if others == 0 {
+		t.Errorf("control: the naive new version answered no request: this scenario could not show a wrong answerer")
+	}
 }
 
 // TestFaultCrashDuringDrain: the new instance becomes ready, takes over,
@@ -82,11 +116,13 @@ func TestFaultCrashDuringDrain(t *testing.T) {
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 
 	// A slow request in flight on generation 1 keeps its drain going.
 	slow := slowRequest(t, e.addr, 1500*time.Millisecond)
 	e.setFault(faultOK, "2")
+	reloadAt := time.Now()
 	reload := make(chan int, 1)
 	go func() { c, _, _ := cli("reload", "--control", e.sock); reload <- c }()
 	var gen2 supervisor.GenStatus
@@ -107,13 +143,18 @@ func TestFaultCrashDuringDrain(t *testing.T) {
 	}
 	groupGone(t, gen2.PGID)
 	waitFor(t, 5*time.Second, "generation 1 gone", func() bool { return !proc.Alive(pid1, 0) })
-	if got := <-slow; !strings.HasPrefix(got, "version=1 ") {
+	if got := <-slow; got != answerOf("1", pid1) {
 		t.Errorf("request in flight on the draining generation 1 answered %q", got)
 	}
+	settled := time.Now()
 	load.waitSent(t, 20)
 	sent, failed := load.report(t, "new instance crashes during the old one's drain")
 	t.Logf("requests failed in the gap between the crash and the replacement: %d of %d, from %s to %s", failed, sent,
 		load.firstFail.Format("15:04:05.000"), load.lastFail.Format("15:04:05.000"))
+	v1, v2, v3 := answerOf("1", pid1), answerOf("2", gen2.PID), answerOf("3", servingPID(t, st))
+	load.answeredBy(t, "before the reload", from, reloadAt, []string{v1}, v1)
+	load.answeredBy(t, "reload, crash, replacement", reloadAt, settled, []string{v1, v2, v3})
+	load.answeredBy(t, "after", settled, time.Time{}, []string{v3}, v3)
 	burst(t, e.addr, 50, "3", servingPID(t, st))
 	logs := p.stderr.String()
 	for _, w := range []string{"serving instance exited", "signal killed", "starting a replacement now"} {
@@ -130,28 +171,38 @@ func TestFaultCrashDuringDrain(t *testing.T) {
 // when it passes, and the old instance's log counts them.
 func TestFaultOldDrainDeadline(t *testing.T) {
 	e := newEnv(t)
-	e.setFault(faultOK, "1")
-	b := e.binary(e.runArgs("--drain-timeout", "1s")...)
-	e.waitServing(nil, 1)
+	// The runner cuts at a tenth before the deadline, counted from when
+	// it sees SIGTERM: 3 s leaves 300 ms for a loaded machine to deliver
+	// the signal. A -race server sleeps 1 s before it exits unless told.
+	e.setFault(faultOK, "1", "GORACE=atexit_sleep_ms=0")
+	b := e.binary(e.runArgs("--drain-timeout", "3s")...)
+	pid1 := servingPID(t, e.waitServing(nil, 1))
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	long := slowRequest(t, e.addr, 8*time.Second)
-	e.setFault(faultOK, "2")
+	e.setFault(faultOK, "2", "GORACE=atexit_sleep_ms=0")
 	start := time.Now()
 	if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
 		t.Fatalf("reload: exit %d: %s\n%s", code, stderr, b.out.String())
 	}
 	t.Logf("reload with a request longer than the drain deadline took %v", time.Since(start).Round(time.Millisecond))
 	st := e.waitServing(nil, 2)
+	done := time.Now()
+	load.waitSent(t, 20)
 	got := <-long
 	if strings.HasPrefix(got, "version=") {
-		t.Errorf("the 8s request was not cut at the 1s deadline: %q", got)
+		t.Errorf("the 8s request was not cut at the 3s deadline: %q", got)
 	}
 	t.Logf("long request: %s", got)
 	sent, failed := load.report(t, "old instance with a request longer than the drain deadline")
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed", failed, sent)
 	}
+	v1, v2 := answerOf("1", pid1), answerOf("2", servingPID(t, st))
+	load.answeredBy(t, "before the reload", from, start, []string{v1}, v1)
+	load.answeredBy(t, "during the reload", start, done, []string{v1, v2}, v2)
+	load.answeredBy(t, "after", done, time.Time{}, []string{v2}, v2)
 	if out := b.out.String(); !strings.Contains(out, "drain deadline passed: cut connections") || !strings.Contains(out, "cut=1") {
 		t.Errorf("the cut request is not counted in the log:\n%s", out)
 	}
@@ -168,6 +219,7 @@ func TestFaultOldIgnoresSIGTERM(t *testing.T) {
 	st := e.waitServing(nil, 1)
 	g1 := st.Generations[0]
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	e.setFault(faultOK, "2")
 	start := time.Now()
@@ -177,10 +229,16 @@ func TestFaultOldIgnoresSIGTERM(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Errorf("reload took %v, less than the drain deadline", took)
 	}
+	checkKillTime(t, b.out.String(), 1, time.Second)
 	st = e.waitServing(nil, 2)
 	groupGone(t, g1.PGID)
+	done := time.Now()
 	load.waitSent(t, 20)
 	sent, failed := load.report(t, "old instance ignores SIGTERM")
+	v1, v2 := answerOf("1", g1.PID), answerOf("2", servingPID(t, st))
+	load.answeredBy(t, "before the reload", from, start, []string{v1}, v1)
+	load.answeredBy(t, "during the reload", start, done, []string{v1, v2})
+	load.answeredBy(t, "after", done, time.Time{}, []string{v2}, v2)
 	t.Logf("requests cut by the SIGKILL of an instance that never drained: %d of %d", failed, sent)
 	out := b.out.String()
 	for _, w := range []string{"killed=true", "signal killed"} {
@@ -197,10 +255,12 @@ func TestFaultSIGHUPStorm(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
 	b := e.binary(e.runArgs("--drain-timeout", "2s")...)
-	e.waitServing(nil, 1)
+	pid1 := servingPID(t, e.waitServing(nil, 1))
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	e.setFault(faultOK, "2")
+	storm := time.Now()
 	for range 20 {
 		_ = b.cmd.Process.Signal(syscall.SIGHUP)
 	}
@@ -229,7 +289,18 @@ func TestFaultSIGHUPStorm(t *testing.T) {
 		t.Errorf("%d instances started, want %d", n, st.Serving)
 	}
 	t.Logf("20 SIGHUPs: %d reloads (serving generation %d)", st.Serving-1, st.Serving)
+	waitFor(t, 10*time.Second, "one instance left", func() bool { return len(e.aliveHelpers()) == 1 })
+	settled := time.Now()
+	load.waitSent(t, 20)
 	sent, failed := load.report(t, "SIGHUP storm")
+	v1, last := answerOf("1", pid1), answerOf("2", servingPID(t, st))
+	during := []string{v1}
+	for _, pid := range e.helperPIDs() {
+		during = append(during, answerOf("2", pid))
+	}
+	load.answeredBy(t, "before the storm", from, storm, []string{v1}, v1)
+	load.answeredBy(t, "storm", storm, settled, during)
+	load.answeredBy(t, "after", settled, time.Time{}, []string{last}, last)
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed", failed, sent)
 	}
@@ -279,6 +350,7 @@ func TestFaultSIGTERMDuringReload(t *testing.T) {
 	st := e.waitServing(nil, 1)
 	g1 := st.Generations[0]
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	e.setFault(faultOK, "2", envReadyDelay+"=20s")
 	_ = b.cmd.Process.Signal(syscall.SIGHUP)
@@ -294,6 +366,8 @@ func TestFaultSIGTERMDuringReload(t *testing.T) {
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed before the stop", failed, sent)
 	}
+	v1 := answerOf("1", g1.PID)
+	load.answeredBy(t, "while generation 2 starts", from, time.Time{}, []string{v1}, v1)
 	_ = b.cmd.Process.Signal(syscall.SIGTERM)
 	if code := b.exitCode(t, 15*time.Second); code != 0 {
 		t.Errorf("exit %d, want 0:\n%s", code, b.out.String())
@@ -320,19 +394,26 @@ func TestFaultSupervisorSIGKILL(t *testing.T) {
 	st := e.waitServing(nil, 1)
 	g1 := st.Generations[0]
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	_ = syscall.Kill(b.cmd.Process.Pid, syscall.SIGKILL)
 	b.exitCode(t, 5*time.Second)
 	load.waitSent(t, 30) // served with no supervisor
 	e.setFault(faultOK, "2")
+	restart := time.Now()
 	b2 := e.binary(e.runArgs("--drain-timeout", "2s")...)
 	st = e.waitServing(nil, 2)
 	groupGone(t, g1.PGID)
+	done := time.Now()
 	load.waitSent(t, 20)
 	sent, failed := load.report(t, "supervisor SIGKILLed and started again")
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed", failed, sent)
 	}
+	v1, v2 := answerOf("1", g1.PID), answerOf("2", servingPID(t, st))
+	load.answeredBy(t, "through the supervisor's SIGKILL", from, restart, []string{v1}, v1)
+	load.answeredBy(t, "adoption and handover", restart, done, []string{v1, v2}, v2)
+	load.answeredBy(t, "after", done, time.Time{}, []string{v2}, v2)
 	if len(st.Generations) != 2 || !st.Generations[0].Adopted || st.Generations[0].State != supervisor.StateExited {
 		t.Errorf("generations %+v, want adopted 1 exited and 2 serving", st.Generations)
 	}
@@ -360,6 +441,7 @@ func TestFaultServingCrashDuringReloadStart(t *testing.T) {
 	st := e.waitServing(p, 1)
 	g1 := st.Generations[0]
 	load := startLoad(t, e.addr, 2)
+	from := time.Now()
 	load.waitSent(t, 20)
 	e.setFault(faultOK, "2", envReadyDelay+"=500ms")
 	reload := make(chan int, 1)
@@ -369,6 +451,7 @@ func TestFaultServingCrashDuringReloadStart(t *testing.T) {
 		g, ok := genByNumber(st, 2)
 		return err == nil && ok && g.PID > 0
 	})
+	crash := time.Now()
 	if err := syscall.Kill(-g1.PGID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +460,11 @@ func TestFaultServingCrashDuringReloadStart(t *testing.T) {
 	}
 	st = e.waitServing(p, 2)
 	groupGone(t, g1.PGID)
+	done := time.Now()
 	load.waitSent(t, 20)
+	v1, v2 := answerOf("1", g1.PID), answerOf("2", servingPID(t, st))
+	load.answeredBy(t, "before the crash", from, crash, []string{v1}, v1)
+	load.answeredBy(t, "after generation 2 took over", done, time.Time{}, []string{v2}, v2)
 	sent, failed := load.report(t, "serving instance crashes while the new one starts")
 	t.Logf("requests failed until generation 2 listened: %d of %d", failed, sent)
 	if n := len(e.helperPIDs()); n != 2 {

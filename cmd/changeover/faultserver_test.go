@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,8 +163,64 @@ type loadLoop struct {
 	errs         []string
 	firstFail    time.Time
 	lastFail     time.Time
+	recs         []loadRec // every request, in the order they ended
 	stopc        chan struct{}
 	wg           sync.WaitGroup
+}
+
+// loadRec is one request of a loadLoop: when it was sent and the answer
+// ("" if it failed).
+type loadRec struct {
+	sent   time.Time
+	answer string
+}
+
+// answerOf is what generation version with pid answers on "/".
+func answerOf(version string, pid int) string {
+	return fmt.Sprintf("version=%s pid=%d\n", version, pid)
+}
+
+// answeredBy checks who answered the requests sent in [from, to) (a zero
+// to: until now): every answer must be one of allowed (a failed request is
+// counted by report, not here), and each answer listed in required must
+// appear. It returns the count per answer.
+func (l *loadLoop) answeredBy(t *testing.T, phase string, from, to time.Time, allowed []string, required ...string) map[string]int {
+	t.Helper()
+	l.mu.Lock()
+	recs := slices.Clone(l.recs)
+	l.mu.Unlock()
+	counts := map[string]int{}
+	for _, r := range recs {
+		if r.sent.Before(from) || !to.IsZero() && !r.sent.Before(to) || r.answer == "" {
+			continue
+		}
+		counts[r.answer]++
+	}
+	for a, n := range counts {
+		if !slices.Contains(allowed, a) {
+			t.Errorf("%s: %d requests answered %q, which is not one of %q", phase, n, a, allowed)
+		}
+	}
+	for _, a := range required {
+		if counts[a] == 0 {
+			t.Errorf("%s: no request answered %q (answers %v)", phase, a, counts)
+		}
+	}
+	t.Logf("ANSWERS %s: %s", phase, strings.ReplaceAll(fmt.Sprint(counts), "\n", " "))
+	return counts
+}
+
+// answersIn counts the answers to the requests sent in [from, now).
+func (l *loadLoop) answersIn(from time.Time) map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	counts := map[string]int{}
+	for _, r := range l.recs {
+		if !r.sent.Before(from) && r.answer != "" {
+			counts[r.answer]++
+		}
+	}
+	return counts
 }
 
 func startLoad(t *testing.T, addr string, clients int) *loadLoop {
@@ -180,7 +237,15 @@ func startLoad(t *testing.T, addr string, clients int) *loadLoop {
 				default:
 				}
 				l.sent.Add(1)
-				if got := get(l.addr); !strings.HasPrefix(got, "version=") {
+				sent := time.Now()
+				got := get(l.addr)
+				if !strings.HasPrefix(got, "version=") {
+					got = ""
+				}
+				l.mu.Lock()
+				l.recs = append(l.recs, loadRec{sent: sent, answer: got})
+				l.mu.Unlock()
+				if got == "" {
 					l.failed.Add(1)
 					l.mu.Lock()
 					if l.firstFail.IsZero() {

@@ -164,4 +164,5 @@ func TestDrainDeadlineKills(t *testing.T) {
 	if logs := p.stderr.String(); !strings.Contains(logs, "killed=true") || !strings.Contains(logs, "signal killed") {
 		t.Errorf("kill not logged:\n%s", logs)
 	}
+	checkKillTime(t, p.stderr.String(), 1, 500*time.Millisecond)
 }
