@@ -3,10 +3,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,12 +33,21 @@ func buildDemo(t *testing.T) string {
 
 // TestDemoZeroDowntime supervises the real demo server (package runner) with
 // no probe flag, reloads it under a request loop and counts failed requests.
+// Each generation has its own version ($DEMO_VERSION from --env-file, read
+// again at each reload); every answer must come from a generation that
+// served, and every generation must have answered.
 func TestDemoZeroDowntime(t *testing.T) {
 	demo := buildDemo(t)
 	e := newEnv(t)
+	setVersion := func(v string) {
+		if err := os.WriteFile(e.envFile, []byte("DEMO_VERSION="+v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setVersion("v1")
 	ctx, cancel := contextWithCancel()
 	p := &inProcess{errc: make(chan error, 1), cancel: cancel, stderr: &syncBuffer{}, stdout: &syncBuffer{}}
-	args := []string{"run", "--control", e.sock, "--drain-timeout", "5s", "--", demo, "-addr", e.addr, "-version", "v1"}
+	args := []string{"run", "--control", e.sock, "--env-file", e.envFile, "--drain-timeout", "5s", "--", demo, "-addr", e.addr}
 	go func() { p.errc <- run(ctx, args, p.stdout, p.stderr) }()
 	t.Cleanup(func() { cancel(); p.wait(t, 20*time.Second) })
 	st := e.waitServing(p, 1)
@@ -45,30 +56,45 @@ func TestDemoZeroDowntime(t *testing.T) {
 		t.Fatalf("demo served %q", got)
 	}
 
-	var ok, failed atomic.Int64
+	var failed atomic.Int64
+	var mu sync.Mutex
+	answers := map[string]int{}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			deadline := time.Now().Add(30 * time.Second)
+			deadline := time.Now().Add(60 * time.Second)
 			for i := 0; i < 100000 && time.Now().Before(deadline); i++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				if strings.HasPrefix(get(e.addr), "version=v1 ") {
-					ok.Add(1)
-				} else {
+				got := get(e.addr)
+				if !strings.HasPrefix(got, "version=") {
 					failed.Add(1)
+					continue
 				}
+				mu.Lock()
+				answers[got]++
+				mu.Unlock()
 			}
 		}()
 	}
+	served := []string{answerOf("v1", servingPID(t, st))}
+	waitAnswer := func(a string) {
+		waitFor(t, 10*time.Second, "an answer "+a, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return answers[a] > 0
+		})
+	}
+	waitAnswer(served[0])
 	for gen := 2; gen <= 4; gen++ {
 		oldPID := st.Generations[len(st.Generations)-1].PID
+		setVersion(fmt.Sprintf("v%d", gen))
 		start := time.Now()
 		code, out, stderr := cli("reload", "--control", e.sock)
 		if code != 0 {
@@ -82,12 +108,24 @@ func TestDemoZeroDowntime(t *testing.T) {
 				t.Errorf("old generation still %s after reload", g.State)
 			}
 		}
+		served = append(served, answerOf(fmt.Sprintf("v%d", gen), servingPID(t, st)))
+		waitAnswer(served[len(served)-1])
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("requests during 3 reloads: %d ok, %d failed", ok.Load(), failed.Load())
-	if failed.Load() != 0 || ok.Load() == 0 {
-		t.Errorf("%d requests failed (%d ok)", failed.Load(), ok.Load())
+	t.Logf("requests during 3 reloads: %v answers, %d failed", answers, failed.Load())
+	if failed.Load() != 0 {
+		t.Errorf("%d requests failed", failed.Load())
+	}
+	for a, n := range answers {
+		if !slices.Contains(served, a) {
+			t.Errorf("%d requests answered %q, not by a generation that served (%q)", n, a, served)
+		}
+	}
+	for _, a := range served {
+		if answers[a] == 0 {
+			t.Errorf("generation %q answered no request", a)
+		}
 	}
 }
 
