@@ -68,25 +68,33 @@ func settledUsage(t *testing.T, want *supervisorUsage) supervisorUsage {
 	}
 }
 
+// soakRSSGrowth is the most RSS may grow from reload 10 to any later
+// checkpoint: the bound the README states.
+const soakRSSGrowth = 0.25
+
 // TestSoakReloads reloads the helper server many times under the in-process
-// supervisor; its open fds and goroutines after reload 10 and after the last
-// are equal, and its RSS grows by less than 20%.
+// supervisor and measures it every 10 reloads from reload 10 on: at every
+// checkpoint its open fds equal those after reload 10, its goroutines are
+// no more, and its RSS has grown by less than soakRSSGrowth. 100 reloads by
+// default; 30 with -race (which makes the supervisor slower, not leakier),
+// unless CHANGEOVER_SOAK_RELOADS says.
 func TestSoakReloads(t *testing.T) {
-	if testing.Short() {
-		t.Skip("soak: 100 reloads take ~10-20s; skipped with -short")
-	}
 	n := 100
-	v := os.Getenv(envSoakReloads)
-	if raceEnabled && v == "" {
-		t.Skip("soak: measures resources, not races, and -race makes each reload ~1s; skipped with -race unless " + envSoakReloads + " is set")
+	if raceEnabled {
+		n = 30
 	}
-	if v != "" {
+	if testing.Short() {
+		n = 20
+	}
+	if v := os.Getenv(envSoakReloads); v != "" {
 		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 11 {
-			t.Fatalf("%s=%q: want a number above 10", envSoakReloads, v)
+		if n, err = strconv.Atoi(v); err != nil || n < 20 {
+			t.Fatalf("%s=%q: want a number of at least 20", envSoakReloads, v)
 		}
 	}
 	e := newEnv(t)
+	// A -race helper sleeps 1 s before it exits (atexit_sleep_ms).
+	e.setEnv("1", "GORACE=atexit_sleep_ms=0")
 	p := e.startInProcess("--ready-timeout", "10s", "--drain-timeout", "5s")
 	e.waitServing(p, 1)
 	start := time.Now()
@@ -100,19 +108,19 @@ func TestSoakReloads(t *testing.T) {
 		case i == 10:
 			at10 = settledUsage(t, nil)
 			t.Logf("SOAK after reload %d: fds=%d goroutines=%d rss=%dkB (%v)", i, at10.fds, at10.goroutines, at10.rssKB, time.Since(start).Round(time.Millisecond))
-		case i == n || i%100 == 0:
+		case i > 10 && (i%10 == 0 || i == n):
 			u := settledUsage(t, &at10)
-			t.Logf("SOAK after reload %d: fds=%d goroutines=%d rss=%dkB (%v)", i, u.fds, u.goroutines, u.rssKB, time.Since(start).Round(time.Millisecond))
-			if i == n {
-				if u.fds != at10.fds {
-					t.Errorf("open fds: %d after reload 10, %d after reload %d", at10.fds, u.fds, n)
-				}
-				if u.goroutines > at10.goroutines {
-					t.Errorf("goroutines: %d after reload 10, %d after reload %d", at10.goroutines, u.goroutines, n)
-				}
-				if float64(u.rssKB) > 1.2*float64(at10.rssKB) {
-					t.Errorf("RSS: %dkB after reload 10, %dkB after reload %d (> +20%%)", at10.rssKB, u.rssKB, n)
-				}
+			if i%100 == 0 || i == n || testing.Verbose() {
+				t.Logf("SOAK after reload %d: fds=%d goroutines=%d rss=%dkB (%v)", i, u.fds, u.goroutines, u.rssKB, time.Since(start).Round(time.Millisecond))
+			}
+			if u.fds != at10.fds {
+				t.Errorf("open fds: %d after reload 10, %d after reload %d", at10.fds, u.fds, i)
+			}
+			if u.goroutines > at10.goroutines {
+				t.Errorf("goroutines: %d after reload 10, %d after reload %d", at10.goroutines, u.goroutines, i)
+			}
+			if float64(u.rssKB) > (1+soakRSSGrowth)*float64(at10.rssKB) {
+				t.Errorf("RSS: %dkB after reload 10, %dkB after reload %d (> +%.0f%%)", at10.rssKB, u.rssKB, i, 100*soakRSSGrowth)
 			}
 		}
 	}
