@@ -122,7 +122,14 @@ func TestAnsibleRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the child's network namespace open until the check for
+	// leftovers: while a file refers to it, it exists, so its inode cannot
+	// be given to another test's namespace meanwhile.
+	childNS, nsErr := os.Open(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid))
+	err = cmd.Wait()
 	f.Close()
 	out, _ := os.ReadFile(logPath)
 	passed := err == nil && strings.Contains(string(out), "--- PASS: "+t.Name())
@@ -137,34 +144,52 @@ func TestAnsibleRollout(t *testing.T) {
 			}
 		}
 	}
-	checkNothingLeft(t, dir)
+	if nsErr != nil {
+		t.Errorf("the child's network namespace: %v", nsErr)
+		return
+	}
+	defer childNS.Close()
+	checkNothingLeft(t, dir, childNS)
 }
 
 // checkNothingLeft runs after the child has exited: no process may be left
-// in the child's network namespace or in a host's, and no host namespace may
-// be left mounted. Leftovers are killed by PID (they live in namespaces only
-// this test made) and fail the test.
-func checkNothingLeft(t *testing.T, dir string) {
+// in the child's network namespace (held open by childNS) or in a host's
+// still mounted under /run/netns, and no host namespace may be left mounted.
+// Leftovers are killed by PID (they live in namespaces only this test made)
+// and fail the test. A host namespace the child deleted is not looked at:
+// the child checked it was empty before, and once gone its inode number may
+// be another test's namespace.
+func checkNothingLeft(t *testing.T, dir string, childNS *os.File) {
 	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(childNS.Fd()), &st); err != nil {
+		t.Errorf("the child's network namespace: %v", err)
+		return
+	}
+	inodes := map[string]string{fmt.Sprintf("net:[%d]", st.Ino): "the rig's own network namespace"}
 	b, err := os.ReadFile(filepath.Join(dir, "namespaces"))
 	if err != nil {
 		t.Errorf("the child recorded no namespaces: %v", err)
-		return
 	}
-	inodes := map[string]string{} // "net:[N]" -> what it is
+	var left []string
 	for line := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
-		what, ns, _ := strings.Cut(line, " ")
-		inodes[ns] = what
-		if name, ok := strings.CutPrefix(what, "netns:"); ok {
-			if _, err := os.Stat(filepath.Join("/run/netns", name)); err == nil {
-				t.Errorf("network namespace %s left behind: deleting it", name)
-				_ = exec.Command("ip", "netns", "del", name).Run()
-			}
+		name, ok := strings.CutPrefix(line, "netns:")
+		if !ok {
+			continue
+		}
+		name, _, _ = strings.Cut(name, " ")
+		if err := syscall.Stat(filepath.Join("/run/netns", name), &st); err == nil {
+			inodes[fmt.Sprintf("net:[%d]", st.Ino)] = "netns " + name
+			left = append(left, name)
 		}
 	}
 	for _, p := range processesIn(inodes) {
 		t.Errorf("process %d (%s) left in %s: killing it", p.pid, p.comm, inodes[p.ns])
 		_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	}
+	for _, name := range left {
+		t.Errorf("network namespace %s left behind: deleting it", name)
+		_ = exec.Command("ip", "netns", "del", name).Run()
 	}
 }
 
@@ -231,7 +256,6 @@ func runRig(t *testing.T, dir string) {
 	}
 	r := &rig{t: t, dir: dir, work: work,
 		changeover: filepath.Join(dir, "changeover"), demo: filepath.Join(dir, "demo")}
-	r.record("self", "/proc/self/ns/net")
 	r.sh("ip", "link", "set", "lo", "up")
 	r.sh("ip", "link", "add", "br0", "type", "bridge")
 	r.sh("ip", "addr", "add", controllerIP+"/24", "dev", "br0")
