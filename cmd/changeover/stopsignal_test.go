@@ -36,6 +36,10 @@ func TestStopSignalFlagValues(t *testing.T) {
 			{"--stop-signal", "99"},
 			{"--stop-signal", "-3"},
 			{"--stop-signal", "STOP"}, // cannot be caught: it would freeze the server until the deadline
+			{"--stop-signal", "KILL"}, // cannot be caught: under --kill-mode main the workers would serve on, orphaned
+			{"--stop-signal", "9"},
+			{"--stop-signal", "32"}, // glibc's own (cancellation, setxid)
+			{"--stop-signal", "33"},
 			{"--stop-signal", ""},
 			{"--kill-mode", "mixed"},
 			{"--kill-mode", ""},
@@ -58,7 +62,7 @@ func TestStopSignalFlagValues(t *testing.T) {
 	if err := os.WriteFile(plain, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, ok := range []string{"QUIT", "SIGQUIT", "quit", "3", "USR1", "WINCH", "TERM", "KILL", "--kill-mode=main"} {
+	for _, ok := range []string{"QUIT", "SIGQUIT", "quit", "3", "USR1", "WINCH", "TERM", " 3", "34", "--kill-mode=main"} {
 		t.Run("accepts "+ok, func(t *testing.T) {
 			flag := "--stop-signal=" + ok
 			if strings.HasPrefix(ok, "--") {
