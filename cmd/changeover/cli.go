@@ -129,30 +129,36 @@ func newLogger(format string, w io.Writer) (*slog.Logger, error) {
 }
 
 // parseStopSignal reads a --stop-signal value: a name with or without SIG,
-// in any case (QUIT, SIGQUIT, quit), or a number (3). SIGSTOP is refused:
-// it cannot be caught, so the server would sit frozen until the deadline.
+// in any case (QUIT, SIGQUIT, quit), or a number (3). A stop signal asks a
+// server to drain, so it must be one a server can catch: SIGSTOP and SIGKILL
+// are refused (SIGSTOP would freeze the server until the deadline; SIGKILL
+// under --kill-mode main would kill a master and leave its workers serving,
+// orphaned, until the deadline), and so are 32 and 33, which glibc keeps for
+// itself.
 func parseStopSignal(s string) (unix.Signal, error) {
 	bad := fmt.Errorf("not a signal name or number like QUIT, SIGUSR1 or 3: %q", s)
-	if n, err := strconv.Atoi(s); err == nil {
+	t := strings.TrimSpace(s)
+	var sig unix.Signal
+	if n, err := strconv.Atoi(t); err == nil {
 		// 64 is the highest signal number on Linux (SIGRTMAX).
 		if n < 1 || n > 64 {
 			return 0, bad
 		}
-		if unix.Signal(n) == unix.SIGSTOP {
-			return 0, fmt.Errorf("SIGSTOP cannot be caught, so it cannot ask a server to drain: %q", s)
+		sig = unix.Signal(n)
+	} else {
+		name := strings.ToUpper(t)
+		if !strings.HasPrefix(name, "SIG") {
+			name = "SIG" + name
 		}
-		return unix.Signal(n), nil
+		if sig = unix.SignalNum(name); sig == 0 {
+			return 0, bad
+		}
 	}
-	name := strings.ToUpper(strings.TrimSpace(s))
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	sig := unix.SignalNum(name)
-	if sig == 0 {
-		return 0, bad
-	}
-	if sig == unix.SIGSTOP {
-		return 0, fmt.Errorf("SIGSTOP cannot be caught, so it cannot ask a server to drain: %q", s)
+	switch sig {
+	case unix.SIGSTOP, unix.SIGKILL:
+		return 0, fmt.Errorf("%v cannot be caught, so it cannot ask a server to drain (the group gets SIGKILL at the drain deadline anyway): %q", unix.SignalName(sig), s)
+	case 32, 33:
+		return 0, fmt.Errorf("signal %d is reserved by the C library, not a stop signal: %q", sig, s)
 	}
 	return sig, nil
 }

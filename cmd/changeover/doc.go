@@ -90,8 +90,8 @@
 // signal to itself under main and the server would never drain; and
 // master/worker servers whose workers take the master's stop signal as
 // their own graceful stop (nginx, gunicorn and unicorn do) drain the same
-// under group (TestRealServers runs nginx and gunicorn under both; main
-// lost no fewer requests). Choose main for a server that wants its workers stopped by
+// under group (TestRealServers runs nginx and gunicorn under both; the
+// two lost about as many requests, within the noise of one run). Choose main for a server that wants its workers stopped by
 // its master alone, as its systemd unit says with KillMode=mixed. The
 // supervisor logs which PIDs got the signal ("stop signal sent ...
 // kill_mode=group pids=[...]").

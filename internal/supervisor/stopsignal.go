@@ -3,6 +3,7 @@
 package supervisor
 
 import (
+	"fmt"
 	"log/slog"
 
 	"golang.org/x/sys/unix"
@@ -65,6 +66,19 @@ func sendStop(in *Instance, l *Launch, log *slog.Logger) []int {
 		}
 	}
 	log.Info("stop signal sent", KeyGeneration, in.Gen, KeyPID, in.PID,
-		"signal", unix.SignalName(sig), "kill_mode", string(mode), "pids", pids)
+		"signal", signalName(sig), "kill_mode", string(mode), "pids", pids)
 	return pids
+}
+
+// signalName names sig for the log: SIGQUIT, or SIGRTMIN+N for the
+// real-time signals, which unix.SignalName does not know.
+func signalName(sig unix.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	const rtmin = 34 // glibc's SIGRTMIN: 32 and 33 are its own
+	if sig >= rtmin {
+		return fmt.Sprintf("SIGRTMIN+%d", sig-rtmin)
+	}
+	return fmt.Sprintf("signal %d", int(sig))
 }
