@@ -35,6 +35,13 @@ const (
 	envCrashOnce  = "HELPER_CRASH_ONCE"  // file: if present, remove it and crash after ready
 	envPidDir     = "HELPER_PIDDIR"      // each helper writes its PID here
 	envOrphan     = "HELPER_ORPHAN"      // file: leave an orphan that writes its PID there and exits
+	// envBindAfterReady: a duration; send READY=1 first and bind the
+	// shared address only that long after (a server that opens its ports
+	// once it has told systemd it is ready).
+	envBindAfterReady = "HELPER_BIND_AFTER_READY"
+	// envPrivatePort: if set, also listen on 127.0.0.1:0 without
+	// SO_REUSEPORT (a per-process port, like a pprof listener).
+	envPrivatePort = "HELPER_PRIVATE_PORT"
 )
 
 func TestMain(m *testing.M) {
@@ -69,17 +76,32 @@ func helperServer() int {
 		fmt.Fprintln(os.Stderr, "helper: exiting at start as asked")
 		return 1
 	}
-	lc := net.ListenConfig{Control: reuseport.Control}
-	ln, err := lc.Listen(context.Background(), "tcp", os.Getenv(envAddr))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "helper: %v\n", err)
-		return 1
-	}
 	version := os.Getenv(envVersion)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "version=%s pid=%d\n", version, os.Getpid())
 	})}
-	go srv.Serve(ln)
+	bindAfter, _ := time.ParseDuration(os.Getenv(envBindAfterReady))
+	listen := func() bool {
+		lc := net.ListenConfig{Control: reuseport.Control}
+		ln, err := lc.Listen(context.Background(), "tcp", os.Getenv(envAddr))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "helper: %v\n", err)
+			return false
+		}
+		go srv.Serve(ln)
+		return true
+	}
+	if bindAfter == 0 && !listen() {
+		return 1
+	}
+	if os.Getenv(envPrivatePort) != "" {
+		pl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "helper: private port: %v\n", err)
+			return 1
+		}
+		go http.Serve(pl, http.NotFoundHandler())
+	}
 	if h := os.Getenv(healthcheck.EnvHealthAddr); h != "" {
 		hl, err := net.Listen("tcp", h)
 		if err != nil {
@@ -105,6 +127,12 @@ func helperServer() int {
 	}
 	if mode != "never-ready" {
 		daemon.SdNotify(false, "READY=1\nSTATUS=serving "+version)
+	}
+	if bindAfter > 0 {
+		time.Sleep(bindAfter)
+		if !listen() {
+			return 1
+		}
 	}
 	crash := make(<-chan time.Time)
 	if f := os.Getenv(envCrashOnce); mode == "crash" || f != "" && os.Remove(f) == nil {
