@@ -46,6 +46,7 @@ func TestBadInputFlags(t *testing.T) {
 		want []string
 	}{
 		{"negative crash limit", append(run("--crash-limit=-1"), "--", e.exe), 2, []string{"-1"}},
+		{"no draining slot", append(run("--max-draining=0"), "--", e.exe), 2, []string{"--max-draining", "0"}},
 		{"zero backoff", append(run("--restart-backoff", "0s"), "--", e.exe), 2, []string{`"0s"`}},
 		{"bad debounce", append(run("--watch-debounce", "soon"), "--", e.exe), 2, []string{`"soon"`}},
 		{"bad crash window", append(run("--crash-window", "1x"), "--", e.exe), 2, []string{`"1x"`}},

@@ -31,12 +31,14 @@
 //	                         before it starts; non-zero refuses the reload
 //	--watch                  false: reload when COMMAND's file, or a symlink on its path, changes
 //	--watch-debounce 1s      the change must stay still this long (a binary being copied is not started)
-//	--ready-timeout 30s      time a new generation has to become ready
+//	--ready-timeout 30s      time a new generation has to become ready, --check commands included
 //	--drain-timeout 30s      time an old generation has to drain (also CHANGEOVER_DRAIN_TIMEOUT); then SIGKILL
 //	--stop-signal TERM       the signal that asks an old generation to drain, by name (QUIT, SIGQUIT, quit) or number (3)
 //	--kill-mode group        who gets it: group (every process of the generation's process group) or main (its
 //	                         main process only, as systemd's KillMode=mixed); both SIGKILL the group at the deadline
-//	--restart-backoff 1s     first delay before restarting a crashed instance; doubles per crash in the window
+//	--max-draining 4         old generations that may drain at once; a reload beyond waits (up to --ready-timeout)
+//	--restart-backoff 1s     delay before restarting after the second crash in the window (the first
+//	                         restarts at once); doubles per crash
 //	--restart-backoff-max 30s
 //	--crash-limit 5          more crashes than this within --crash-window: exit 6 (let systemd restart)
 //	--crash-window 1m
@@ -54,7 +56,10 @@
 // generation listens on would be answered by the old generation: a reload
 // with such a probe is refused, saying so. Before a new generation is
 // promoted, its listening sockets must cover every address the old one
-// listens on (its health address aside); otherwise the reload fails (exit 4).
+// shares with SO_REUSEPORT (its health address and ports of its own, such as
+// a pprof listener on :0, aside); this is checked again until the ready
+// deadline (a server may bind just after READY=1), then the reload fails
+// (exit 4).
 //
 // A server that does not speak sd_notify (nginx, gunicorn, most servers
 // not written for systemd) never sends READY=1, so with --notify at its
@@ -106,15 +111,20 @@
 // # Reloads
 //
 // SIGHUP, `changeover reload`, or --watch start generation N+1, wait until
-// it is ready, send the stop signal (SIGTERM unless --stop-signal) to
+// it is ready, and send the stop signal (SIGTERM unless --stop-signal) to
 // generation N (its process group, or its main process with --kill-mode
-// main), wait until the group is empty or the drain timeout passes, then
-// SIGKILL what is left of the group (logged killed=true; killed=false when
-// the group emptied in time) and wait until it is empty. Only then is the
-// reload over, so the ports never hold more than two generations. The whole
-// group counts, not only COMMAND: a wrapper that does not exec the server
-// (sh run.sh, npm start) may exit at the first SIGTERM while the server
-// drains in its group.
+// main). The reload is done when the port is handed over: sock_diag shows
+// none of N's listening sockets on a shared address (or its group is
+// empty). N drains in the background until its group is empty, or is
+// SIGKILLed with its group at its deadline (--drain-timeout after the stop
+// signal; logged killed=true, killed=false when the group emptied in time);
+// `status` lists it as draining. The whole group counts, not only COMMAND:
+// a wrapper that does not exec the server (sh run.sh, npm start) may exit at
+// the first SIGTERM while the server drains in its group. Several
+// generations may drain at once, up to --max-draining; a reload beyond that
+// waits for one to finish, up to --ready-timeout, then fails. No generation
+// starts while an older one other than the serving one still has a listener
+// open, so the ports never hold more than two generations.
 //
 // A process that leaves the group (setsid; a server that daemonizes, such as
 // nginx with its default "daemon on") is not tracked: it is neither drained
@@ -125,20 +135,29 @@
 //
 // Reloads asked for while one runs are coalesced into one more;
 // every `reload` waiting for it gets its outcome. If N+1 exits or is not
-// ready in time it is killed with its group and N keeps serving. COMMAND's
-// path, --dir and --env-file are resolved again at each reload, so a binary
-// replaced on disk or a flipped `current` symlink is what starts next.
+// ready in time it is killed with its group (the reload fails once its group
+// is empty) and N keeps serving. COMMAND's path, --dir and --env-file are
+// resolved again at each reload, so a binary replaced on disk or a flipped
+// `current` symlink is what starts next.
 //
 // # Crashes and stop
 //
 // If the serving instance exits on its own, the exit is logged with its
-// status and the last lines of its stderr, and a new generation starts after
-// the backoff. If it exits while a reload drains its predecessor (which has
-// already handed the ports over, so nothing serves them), the replacement
-// starts at once, without backoff; the crash still counts toward
-// --crash-limit. SIGTERM or SIGINT (or `changeover stop`) drain the serving
-// instance and exit 0; a second SIGTERM/SIGINT SIGKILLs at once. A stop while
-// generation 1 is still starting kills it and exits 0.
+// status and the last lines of its stderr, its group is killed, and a new
+// generation starts: for the first crash in --crash-window at once (as soon
+// as no older generation has a listener open), from the second after
+// --restart-backoff, doubling. A new generation that fails while nothing
+// serves counts as a crash too. Whenever nothing serves and nothing is
+// starting, a restart is due, or the crash limit ends run (exit 6). A crash
+// while a reload's new generation is starting starts nothing more: that one
+// serves when it is ready. A reload asked for during a backoff is the
+// restart, at once. SIGTERM or SIGINT (or `changeover stop`) drain every
+// generation at once (a reload in progress is abandoned: its new instance
+// is killed) and exit 0 when every group is empty; a second SIGTERM/SIGINT
+// SIGKILLs at once. A stop while generation 1 is still starting kills it and
+// exits 0; if generation 1 fails, run exits with its code (3, 4 or 5) and a
+// `reload` waiting meanwhile gets the same answer. Output to a broken pipe
+// (`run ... | tee`, tee gone) is dropped; run goes on.
 //
 // # systemd
 //

@@ -356,10 +356,16 @@ func testContainerPID1(t *testing.T, ownProc bool) {
 	if got := get(e.addr); !strings.Contains(got, "version=2") {
 		t.Errorf("after reload served %q, want version=2", got)
 	}
-	st, err = e.status()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The reload is done at the handover; generation 1 drains, then exits.
+	waitFor(t, 10*time.Second, "generation 1 exited", func() bool {
+		st, err = e.status()
+		for _, g := range st.Generations {
+			if g.Generation == 1 {
+				return err == nil && g.State == "exited"
+			}
+		}
+		return false
+	})
 	var gen2 nsProc
 	for _, g := range st.Generations {
 		switch g.Generation {

@@ -37,7 +37,7 @@ type runOptions struct {
 	notify, watch, migrateReq                       bool
 	readyTimeout, drainTimeout, watchDebounce       *time.Duration
 	backoffMin, backoffMax, crashWindow             *time.Duration
-	crashLimit                                      int
+	crashLimit, maxDraining                         int
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -54,7 +54,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.watchDebounce = durationFlag(fs, "watch-debounce", time.Second, "with --watch, how long the file must stay unchanged before reloading")
 	o.readyTimeout = durationFlag(fs, "ready-timeout", 30*time.Second, "how long a new generation may take to become ready")
 	o.drainTimeout = durationFlag(fs, "drain-timeout", 30*time.Second, "how long an old generation may drain before SIGKILL (handed to it as CHANGEOVER_DRAIN_TIMEOUT)")
-	o.backoffMin = durationFlag(fs, "restart-backoff", time.Second, "first delay before restarting a crashed instance, doubled per crash in the window")
+	fs.IntVar(&o.maxDraining, "max-draining", supervisor.DefaultMaxDraining, "how many old generations may drain at once; a reload beyond waits for one (up to --ready-timeout)")
+	o.backoffMin = durationFlag(fs, "restart-backoff", time.Second, "delay before restarting after the second crash in --crash-window (the first restarts at once), doubled per crash")
 	o.backoffMax = durationFlag(fs, "restart-backoff-max", 30*time.Second, "longest delay before a restart")
 	fs.IntVar(&o.crashLimit, "crash-limit", 5, "exit (code 6) after more than this many crashes within --crash-window")
 	o.crashWindow = durationFlag(fs, "crash-window", time.Minute, "window for --crash-limit")
@@ -75,6 +76,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if o.crashLimit < 0 {
 		return usagef(fs, "--crash-limit must not be negative: %d", o.crashLimit)
+	}
+	if o.maxDraining < 1 {
+		return usagef(fs, "--max-draining must be at least 1: %d", o.maxDraining)
 	}
 	for _, p := range o.health {
 		if err := validProbe(p); err != nil {
@@ -136,7 +140,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		StateFile: supervisor.StatePath(sockPath),
 		Log:       log, Reaper: rp,
 		BackoffMin: *o.backoffMin, BackoffMax: *o.backoffMax,
-		CrashLimit: o.crashLimit, CrashWindow: *o.crashWindow,
+		CrashLimit: o.crashLimit, CrashWindow: *o.crashWindow, MaxDraining: o.maxDraining,
 		SDNotify: sdNotifier(log),
 	})
 
@@ -153,6 +157,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	{ // signals and ctx
 		sigs := make(chan os.Signal, 4)
 		signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+		// A write to a closed pipe on fd 1 or 2 kills a Go program with
+		// SIGPIPE unless SIGPIPE is notified; `run ... | tee` must outlive
+		// tee. Notified, not ignored: an ignored signal stays ignored in
+		// the instances we exec, a handled one is reset to the default.
+		pipes := make(chan os.Signal, 1)
+		signal.Notify(pipes, unix.SIGPIPE)
+		defer signal.Stop(pipes)
 		quit := make(chan struct{})
 		g.Add(func() error {
 			defer signal.Stop(sigs)

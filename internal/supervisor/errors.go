@@ -23,6 +23,9 @@ var (
 	// ErrInterrupted: swap was interrupted (SIGINT, SIGTERM) before the
 	// pidfile named the new instance, which was killed.
 	ErrInterrupted = errors.New("interrupted")
+	// ErrTooManyDraining: a reload waited the ready timeout for one of
+	// Config.MaxDraining draining generations to finish.
+	ErrTooManyDraining = errors.New("too many generations draining")
 )
 
 // ErrUsage: a bad value in the swap pidfile or configuration (exit code 2).

@@ -38,7 +38,11 @@ func MaybeRelay() {
 	if os.Getenv(EnvRelay) != "1" {
 		return
 	}
-	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	// SIGPIPE too: if our stdout (the supervisor's stderr, say a pipe to
+	// tee) breaks, keep reading the instance's stderr and drop it, so the
+	// instance's writes keep working. The relay execs nothing, so the
+	// ignored disposition reaches no one else.
+	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPIPE)
 	in := os.NewFile(3, "instance-stderr")
 	tail := os.NewFile(4, "tail")
 	_ = unix.SetNonblock(4, true)

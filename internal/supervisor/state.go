@@ -22,7 +22,9 @@ import (
 // serving), it adopts that instance: generation N+1 starts normally and the
 // adopted one is retired through a normal handover (SIGTERM, exit detected
 // by polling /proc since it is not our child, SIGKILL of its process group
-// after the drain deadline).
+// after the drain deadline). Generations that were draining are adopted as
+// draining: they finish, and are SIGKILLed only at the absolute deadline
+// recorded for them.
 //
 // The file is trusted only as far as loadState and proc.Verify allow: it
 // and its directory must belong to our user and be writable by no one else,
@@ -83,30 +85,13 @@ func loadState(path string) (*StateFile, error) {
 	return &st, nil
 }
 
-func (s *Supervisor) saveState() {
+// saveState writes st. Run calls it from its one goroutine, so the
+// snapshots reach the file in the order the machine made them.
+func (s *Supervisor) saveState(st StateFile) {
 	if s.cfg.StateFile == "" {
 		return
 	}
-	s.mu.Lock()
-	if s.stopping && s.serving == nil {
-		s.mu.Unlock()
-		return
-	}
-	st := StateFile{Name: s.cfg.Name, SupervisorPID: os.Getpid()}
-	st.SupervisorST, _ = proc.StartTime(os.Getpid())
-	for _, in := range s.insts {
-		state := in.State()
-		if state == StateExited || state == StateFailed {
-			continue
-		}
-		st.Generations = append(st.Generations, StateGen{
-			Generation: in.Gen, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
-			Started: in.Started, State: state, HealthAddr: in.HealthAddr,
-			DrainDeadline: in.DrainDeadline(),
-		})
-	}
 	b, err := json.MarshalIndent(st, "", "  ")
-	s.mu.Unlock()
 	if err == nil {
 		err = writeFileAtomic(s.cfg.StateFile, append(b, '\n'), 0o600)
 	}
@@ -139,9 +124,11 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// adoptFromState adopts the serving instance of a previous supervisor, if
-// the state file names one that is still alive.
-func (s *Supervisor) adoptFromState() *Instance {
+// adoptFromState returns the generations of a previous supervisor that
+// are still alive and verified as ours: the serving one, and the draining
+// ones with their deadlines. Others (a half-done reload) are killed:
+// nobody would ever promote them.
+func (s *Supervisor) adoptFromState() []adoptedInstance {
 	if s.cfg.StateFile == "" {
 		return nil
 	}
@@ -174,25 +161,22 @@ func (s *Supervisor) adoptFromState() *Instance {
 			best = &ours[i]
 		}
 	}
-	// Generations of the dead supervisor that are not serving (a half-done
-	// reload) are killed: nobody would ever promote them.
+	var out []adoptedInstance
 	for _, g := range ours {
-		if best == nil || g.PID != best.PID {
+		switch {
+		case best != nil && g.PID == best.PID:
+			out = append(out, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)})
+		case g.State == StateDraining:
+			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
+			in.setState(StateDraining)
+			in.setDrainDeadline(g.DrainDeadline)
+			out = append(out, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
+		default:
 			s.log.Warn("killing leftover generation of a previous supervisor", KeyGeneration, g.Generation, KeyPID, g.PID)
 			_ = proc.KillGroup(g.PGID, 9)
 		}
 	}
-	if best == nil {
-		return nil
-	}
-	in := adopt(best.Generation, best.PID, best.PGID, best.StartTicks, best.HealthAddr)
-	s.mu.Lock()
-	s.gen = best.Generation
-	s.serving = in
-	s.insts = append(s.insts, in)
-	s.mu.Unlock()
-	s.log.Info("adopted serving instance of a previous supervisor", KeyGeneration, in.Gen, KeyPID, in.PID)
-	return in
+	return out
 }
 
 // RemoveStaleNotifySockets removes notify sockets in dir left by

@@ -11,8 +11,8 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,9 +45,18 @@ type Config struct {
 	CrashLimit             int           // more crashes than this ...
 	CrashWindow            time.Duration // ... within this window: give up
 
+	// MaxDraining is how many old generations may drain at once (a reload
+	// is done at the handover, and the old one drains in the background);
+	// a reload beyond it waits for one to finish, up to ReadyTimeout.
+	// Default (0): 4.
+	MaxDraining int
+
 	// SDNotify sends a message to systemd (nil: not under systemd).
 	SDNotify func(state string)
 }
+
+// DefaultMaxDraining is Config.MaxDraining's default.
+const DefaultMaxDraining = 4
 
 // Result is the outcome of one reload (or start).
 type Result struct {
@@ -61,15 +70,16 @@ type Result struct {
 
 // GenStatus describes one generation.
 type GenStatus struct {
-	Generation int       `json:"generation"`
-	PID        int       `json:"pid"`
-	PGID       int       `json:"pgid"`
-	State      string    `json:"state"`
-	Started    time.Time `json:"started"`
-	HealthAddr string    `json:"health_addr"`
-	Path       string    `json:"path,omitempty"`
-	Adopted    bool      `json:"adopted,omitempty"`
-	Exit       string    `json:"exit,omitempty"`
+	Generation    int       `json:"generation"`
+	PID           int       `json:"pid"`
+	PGID          int       `json:"pgid"`
+	State         string    `json:"state"`
+	Started       time.Time `json:"started"`
+	HealthAddr    string    `json:"health_addr"`
+	Path          string    `json:"path,omitempty"`
+	Adopted       bool      `json:"adopted,omitempty"`
+	Exit          string    `json:"exit,omitempty"`
+	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
 }
 
 // Status is a snapshot of the supervisor.
@@ -82,29 +92,41 @@ type Status struct {
 	LastReload  *Result     `json:"last_reload,omitempty"`
 }
 
-// Supervisor supervises generations of one command.
+// Supervisor supervises generations of one command. Its decisions are a
+// state machine (machine.go) fed with events; Run is the loop that turns
+// what happens into events and performs the actions that come back:
+//
+//	post(Event{Kind: EvStart, Adopted: adoptFromState()})
+//	for {
+//		for _, ev := range takeInbox() { // reloads, stops, exits, readiness, listeners gone, timers
+//			ev.Now = time.Now()
+//			for _, a := range machine.Step(ev) {
+//				perform(a) // start, stop, kill, arm a timer, answer, notify, save, ...
+//				if a.Kind == ActExit {
+//					return a.Err
+//				}
+//			}
+//		}
+//		wait for the next event
+//	}
+//
+// Performing an action never blocks on a process: what takes time (the
+// checks, readiness, watching an exit or listeners) runs in a goroutine
+// that posts its outcome as the next event.
 type Supervisor struct {
 	cfg Config
 	log *slog.Logger
+	os  processLayer
+	now func() time.Time // the events' clock
 
-	mu        sync.Mutex
-	gen       int
-	serving   *Instance
-	insts     []*Instance
-	last      *Result
-	reloading int           // deploys running (two when a replacement starts during a drain)
-	pending   bool          // a reload was asked for and has not started yet
-	waiters   []chan Result // callers waiting for the next reload to start
-	stopping  bool
-	crashes   []time.Time
+	stepped func(Event) // tests: called after each event's actions
 
-	kick      chan struct{}
-	promoted  chan struct{} // a deploy made a new instance the serving one
-	stopReq   chan struct{}
-	hurry     chan struct{}
-	stopOnce  sync.Once
-	hurryOnce sync.Once
-	readySent atomic.Bool // READY=1 went to systemd: later deploys are reloads
+	mu     sync.Mutex
+	inbox  []Event
+	ended  bool // Run returned: no more events
+	status Status
+	last   *Result
+	kick   chan struct{}
 }
 
 // New returns a Supervisor; call Run.
@@ -115,20 +137,40 @@ func New(cfg Config) *Supervisor {
 	if cfg.SDNotify == nil {
 		cfg.SDNotify = func(string) {}
 	}
-	return &Supervisor{
-		cfg: cfg, log: cfg.Log,
-		kick: make(chan struct{}, 1), promoted: make(chan struct{}, 1), stopReq: make(chan struct{}), hurry: make(chan struct{}),
+	if cfg.MaxDraining <= 0 {
+		cfg.MaxDraining = DefaultMaxDraining
 	}
+	s := &Supervisor{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), now: time.Now}
+	s.os = s.realProcesses()
+	s.status = Status{Name: cfg.Name, PID: os.Getpid()}
+	return s
+}
+
+// post queues an event for Run; false once Run has returned.
+func (s *Supervisor) post(ev Event) bool {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return false
+	}
+	s.inbox = append(s.inbox, ev)
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // RequestReload asks for a reload without waiting (SIGHUP).
-func (s *Supervisor) RequestReload() { s.enqueue(nil) }
+func (s *Supervisor) RequestReload() { s.post(Event{Kind: EvReloadAsked}) }
 
 // Reload asks for a reload and waits for the outcome of the first reload
-// that starts after this call.
+// that starts after this call: done when the new generation serves and
+// the old one has closed its listeners (it drains in the background).
 func (s *Supervisor) Reload(ctx context.Context) Result {
 	ch := make(chan Result, 1)
-	if !s.enqueue(ch) {
+	if !s.post(Event{Kind: EvReloadAsked, Waiter: ch}) {
 		return Result{Error: ErrStopping.Error(), Err: ErrStopping}
 	}
 	select {
@@ -139,44 +181,18 @@ func (s *Supervisor) Reload(ctx context.Context) Result {
 	}
 }
 
-func (s *Supervisor) enqueue(ch chan Result) bool {
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		return false
-	}
-	s.pending = true
-	if ch != nil {
-		s.waiters = append(s.waiters, ch)
-	}
-	s.mu.Unlock()
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-// Stop asks Run to drain the serving instance and return.
-func (s *Supervisor) Stop() { s.stopOnce.Do(func() { close(s.stopReq) }) }
+// Stop asks Run to drain every generation and return.
+func (s *Supervisor) Stop() { s.post(Event{Kind: EvStopAsked}) }
 
 // Hurry makes a running stop (or drain) SIGKILL right away.
-func (s *Supervisor) Hurry() { s.hurryOnce.Do(func() { close(s.hurry) }) }
+func (s *Supervisor) Hurry() { s.post(Event{Kind: EvHurry}) }
 
 // Status returns a snapshot.
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Status{Name: s.cfg.Name, PID: os.Getpid(), Reloading: s.reloading > 0}
-	if s.serving != nil {
-		st.Serving = s.serving.Gen
-	}
-	for _, in := range s.insts {
-		st.Generations = append(st.Generations, GenStatus{
-			Generation: in.Gen, PID: in.PID, PGID: in.PGID, State: in.State(), Started: in.Started,
-			HealthAddr: in.HealthAddr, Path: in.Path, Adopted: in.Adopted, Exit: in.ExitStatus(),
-		})
-	}
+	st := s.status
+	st.Generations = slices.Clone(st.Generations)
 	if s.last != nil {
 		r := *s.last
 		st.LastReload = &r
@@ -184,295 +200,412 @@ func (s *Supervisor) Status() Status {
 	return st
 }
 
-// Run starts generation 1 (or adopts a previous supervisor's instance),
-// then handles reloads, crashes and stop until ctx is done or Stop is called.
-// It returns nil after a graceful stop.
+// processLayer is everything Run does to processes and files. Tests
+// replace it to drive the real loop without processes.
+type processLayer struct {
+	// adopt reads the state file of a previous supervisor and returns the
+	// generations it left alive.
+	adopt func() []adoptedInstance
+	// prepare resolves generation gen's command and runs the checks.
+	prepare func(ctx context.Context, gen int, serving *Instance) (*prepared, error)
+	// start starts the process (it does not wait for readiness).
+	start func(gen int, p *prepared) (*Instance, error)
+	// waitReady returns when in is ready (and covers old's shared
+	// addresses) or not by deadline.
+	waitReady func(ctx context.Context, in *Instance, deadline time.Time, old *Instance) error
+	stop      func(in *Instance) error // the stop signal to the group
+	kill      func(in *Instance) error // SIGKILL to the group
+	// listenersGone returns once no process of in's group listens on a
+	// shared address (or ctx is done).
+	listenersGone func(ctx context.Context, in *Instance)
+	// groupEmpty returns once no process is left in in's group.
+	groupEmpty func(ctx context.Context, in *Instance)
+	save       func(StateFile)
+}
+
+// prepared is what a generation starts with: resolved before its checks.
+type prepared struct {
+	path, dir string
+	env       []string
+}
+
+// adoptedInstance is a live generation of a previous supervisor.
+type adoptedInstance struct {
+	in       *Instance
+	draining bool
+	deadline time.Time
+}
+
+// runLoop is Run's own state: the machine and what performs its actions.
+type runLoop struct {
+	s       *Supervisor
+	m       *machine
+	ctx     context.Context
+	wg      sync.WaitGroup
+	insts   map[int]*Instance
+	timers  map[TimerID]time.Time
+	cancels map[int]context.CancelFunc
+
+	// stopSockets: the listening sockets of a generation's group when its
+	// stop signal went, to name the processes outside the group (setsid, a
+	// daemonizing server) that still hold one once the group is empty.
+	stopSockets map[int]map[uint64]bool
+
+	mu   sync.Mutex
+	prep map[int]*prepared
+}
+
+// Run starts generation 1 (or adopts a previous supervisor's instances),
+// then handles reloads, crashes and stops until ctx is done or Stop is
+// called. It returns nil after a graceful stop, the generation's error if
+// generation 1 fails, ErrCrashLoop past the crash limit.
 func (s *Supervisor) Run(ctx context.Context) error {
-	defer s.cleanup()
+	ctxRun, cancel := context.WithCancel(context.Background())
+	l := &runLoop{
+		s: s, ctx: ctxRun,
+		m: newMachine(machineConfig{
+			ReadyTimeout: s.cfg.ReadyTimeout, DrainTimeout: s.cfg.Launch.DrainTimeout,
+			BackoffMin: s.cfg.BackoffMin, BackoffMax: s.cfg.BackoffMax,
+			CrashLimit: s.cfg.CrashLimit, CrashWindow: s.cfg.CrashWindow,
+			MaxDraining: s.cfg.MaxDraining, PID: os.Getpid(),
+		}),
+		insts: map[int]*Instance{}, timers: map[TimerID]time.Time{},
+		cancels: map[int]context.CancelFunc{}, prep: map[int]*prepared{},
+		stopSockets: map[int]map[uint64]bool{},
+	}
+	defer func() {
+		cancel()
+		l.wg.Wait()
+		for _, in := range l.insts {
+			in.closeNotify()
+		}
+	}()
+	start := Event{Kind: EvStart}
+	for _, a := range s.os.adopt() {
+		l.insts[a.in.Gen] = a.in
+		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline})
+		l.watchExit(a.in)
+	}
+	s.post(start)
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	done := ctx.Done()
+	for {
+		for _, ev := range s.takeInbox() {
+			ev.Now = s.now()
+			for _, a := range l.m.Step(ev) {
+				if a.Kind == ActExit {
+					s.end()
+					if s.stepped != nil {
+						s.stepped(ev)
+					}
+					return a.Err
+				}
+				l.perform(a)
+			}
+			if s.stepped != nil {
+				s.stepped(ev)
+			}
+			if ev.Kind == EvGroupEmpty {
+				l.reportUntracked(ev.Gen)
+			}
+		}
+		s.publish(l)
+		l.armTimer(timer)
+		select {
+		case <-done:
+			done = nil
+			s.post(Event{Kind: EvStopAsked})
+		case <-s.kick:
+		case <-timer.C:
+			now := s.now()
+			for id, at := range l.timers {
+				if !now.Before(at) {
+					delete(l.timers, id)
+					s.post(Event{Kind: EvTimer, Timer: id})
+				}
+			}
+		}
+	}
+}
+
+func (s *Supervisor) takeInbox() []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	evs := s.inbox
+	s.inbox = nil
+	return evs
+}
+
+// end refuses further events and answers the waiters still queued: Run
+// never leaves a client waiting.
+func (s *Supervisor) end() {
+	s.mu.Lock()
+	s.ended = true
+	evs := s.inbox
+	s.inbox = nil
+	s.status.Reloading = false
+	s.mu.Unlock()
+	for _, ev := range evs {
+		if ev.Waiter != nil {
+			ev.Waiter <- Result{Err: ErrStopping, Error: ErrStopping.Error()}
+		}
+	}
 	if s.cfg.StateFile != "" {
 		// Kept only if we are killed: then the next supervisor adopts.
-		defer os.Remove(s.cfg.StateFile)
+		_ = os.Remove(s.cfg.StateFile)
 	}
-	adopted := s.adoptFromState()
-	firstCtx, firstCancel := context.WithCancel(ctx)
+}
+
+// armTimer sets t to the earliest armed timer.
+func (l *runLoop) armTimer(t *time.Timer) {
+	var first time.Time
+	for _, at := range l.timers {
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+	}
+	if first.IsZero() {
+		t.Stop()
+		return
+	}
+	t.Reset(max(first.Sub(l.s.now()), 0))
+}
+
+// perform does one action.
+func (l *runLoop) perform(a Action) {
+	s := l.s
+	in := l.insts[a.Gen]
+	switch a.Kind {
+	case ActRunChecks:
+		ctx, cancel := context.WithDeadline(l.ctx, a.At)
+		l.cancels[a.Gen] = cancel
+		serving := l.servingInstance()
+		l.goPost(func() Event {
+			defer cancel()
+			p, err := s.os.prepare(ctx, a.Gen, serving)
+			l.mu.Lock()
+			l.prep[a.Gen] = p
+			l.mu.Unlock()
+			return Event{Kind: EvChecked, Gen: a.Gen, Err: err}
+		})
+	case ActCancel:
+		if cancel := l.cancels[a.Gen]; cancel != nil {
+			cancel()
+		}
+	case ActStart:
+		delete(l.cancels, a.Gen)
+		l.mu.Lock()
+		p := l.prep[a.Gen]
+		delete(l.prep, a.Gen)
+		l.mu.Unlock()
+		in, err := s.os.start(a.Gen, p)
+		if err != nil {
+			s.post(Event{Kind: EvStarted, Gen: a.Gen, Err: err})
+			return
+		}
+		l.insts[a.Gen] = in
+		s.log.Info("generation started", KeyGeneration, a.Gen, KeyPID, in.PID, "path", in.Path, "health_addr", in.HealthAddr)
+		s.post(Event{Kind: EvStarted, Gen: a.Gen, PID: in.PID})
+		l.watchExit(in)
+		old := l.insts[a.Old]
+		l.goPost(func() Event {
+			return Event{Kind: EvReady, Gen: a.Gen, Err: s.os.waitReady(l.ctx, in, a.At, old)}
+		})
+	case ActPromote:
+		s.log.Info("generation ready", KeyGeneration, a.Gen, KeyPID, in.PID, KeyDuration, time.Since(in.Started).Round(time.Millisecond))
+	case ActStop:
+		s.log.Info("draining", KeyGeneration, a.Gen, KeyPID, in.PID, "deadline", a.At.Round(time.Millisecond))
+		if in.PGID > 0 && !in.Adopted {
+			l.stopSockets[a.Gen], _ = proc.GroupListenInodes(in.PGID)
+		}
+		if err := s.os.stop(in); err != nil {
+			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
+		}
+	case ActKill:
+		if in != nil {
+			if err := s.os.kill(in); err != nil {
+				s.log.Warn("cannot kill process group", KeyGeneration, a.Gen, KeyError, err)
+			}
+		}
+	case ActWatch:
+		if in != nil {
+			l.goPost(func() Event {
+				s.os.listenersGone(l.ctx, in)
+				return Event{Kind: EvListenersGone, Gen: a.Gen}
+			})
+		}
+	case ActTimer:
+		l.timers[a.Timer] = a.At
+	case ActAnswer:
+		for _, w := range a.Waiters {
+			select {
+			case w <- a.Result:
+			default:
+			}
+		}
+		if a.Result.Generation != 0 {
+			r := a.Result
+			s.mu.Lock()
+			s.last = &r
+			s.mu.Unlock()
+		}
+	case ActNotify:
+		text := a.Text
+		if strings.HasPrefix(text, "RELOADING=1\n") {
+			var ts unix.Timespec
+			_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+			text = fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\n%s", ts.Nano()/1000, strings.TrimPrefix(text, "RELOADING=1\n"))
+		}
+		s.cfg.SDNotify(text)
+	case ActSave:
+		s.os.save(l.stateFile())
+	case ActLog:
+		args := a.Args
+		if a.Gen != 0 && in != nil {
+			// Its group was just SIGKILLed: the relay forwards the last
+			// bytes and reaches EOF in a few milliseconds.
+			in.tail.settle(500 * time.Millisecond)
+			args = append(slices.Clone(args), KeyDuration, time.Since(in.Started).Round(time.Millisecond), "stderr", in.StderrTail())
+		}
+		s.log.Log(context.Background(), a.Level, a.Msg, args...)
+	}
+}
+
+// reportUntracked logs the processes outside gen's group that hold a
+// listening socket the group held when its stop signal went.
+func (l *runLoop) reportUntracked(gen int) {
+	sockets, ok := l.stopSockets[gen]
+	delete(l.stopSockets, gen)
+	in := l.insts[gen]
+	if !ok || in == nil || len(sockets) == 0 {
+		return
+	}
+	for _, pid := range proc.SocketHolders(sockets, in.StartTicks) {
+		l.s.log.Warn("a process started by this generation left its process group (setsid or daemonized) and still holds its listening socket; it is not tracked, drained or killed",
+			KeyGeneration, gen, KeyPID, pid, "pgid", in.PGID)
+	}
+}
+
+// logStopped logs how a retired instance ended (swap), and the processes
+// it left behind outside its process group.
+func logStopped(log *slog.Logger, in *Instance, out stopOutcome, start time.Time) {
+	lvl := slog.LevelInfo
+	if out.Killed {
+		lvl = slog.LevelWarn
+	}
+	log.Log(context.Background(), lvl, "instance exited", KeyGeneration, in.Gen, KeyPID, in.PID,
+		"status", in.ExitStatus(), "killed", out.Killed, KeyDuration, time.Since(start).Round(time.Millisecond))
+	for _, pid := range out.Untracked {
+		log.Warn("a process started by this generation left its process group (setsid or daemonized) and still holds its listening socket; it is not tracked, drained or killed",
+			KeyGeneration, in.Gen, KeyPID, pid, "pgid", in.PGID)
+	}
+}
+
+// goPost runs f in a goroutine and posts the event it returns.
+func (l *runLoop) goPost(f func() Event) {
+	l.wg.Add(1)
 	go func() {
+		defer l.wg.Done()
+		l.s.post(f())
+	}()
+}
+
+// watchExit reports EvExited when in's main process exits, then
+// EvGroupEmpty when its process group is empty.
+func (l *runLoop) watchExit(in *Instance) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
 		select {
-		case <-s.stopReq:
-			firstCancel()
-		case <-firstCtx.Done():
+		case <-in.Done():
+		case <-l.ctx.Done():
+			return
+		}
+		l.s.post(Event{Kind: EvExited, Gen: in.Gen, Status: in.ExitStatus()})
+		l.s.os.groupEmpty(l.ctx, in)
+		if l.ctx.Err() == nil {
+			l.s.post(Event{Kind: EvGroupEmpty, Gen: in.Gen})
 		}
 	}()
-	first := s.deploy(firstCtx)
-	s.finish(first, false)
-	if errors.Is(first.Err, ErrStopping) || firstCtx.Err() != nil {
-		// Stopped while generation 1 was starting: it has been killed.
-		firstCancel()
-		cancel := func() {}
-		return s.shutdown(cancel, nil)
-	}
-	firstCancel()
-	if !first.OK {
-		s.mu.Lock()
-		serving := s.serving
-		s.mu.Unlock()
-		if serving == nil {
-			s.mu.Lock()
-			s.stopping = true
-			s.mu.Unlock()
-			return first.Err
-		}
-		s.log.Warn("new generation failed; the adopted instance keeps serving",
-			KeyGeneration, adopted.Gen, KeyPID, adopted.PID)
-	}
-	s.sdReady()
+}
 
-	opCtx, opCancel := context.WithCancel(context.Background())
-	defer opCancel()
-	var (
-		worker   chan Result
-		repl     chan Result // a replacement for an instance that crashed while worker drained its predecessor
-		restartC <-chan time.Time
-	)
-	startWorker := func() {
-		worker = make(chan Result, 1)
-		w := worker
-		go func() { w <- s.deploy(opCtx) }()
-	}
-	idle := func() bool { return worker == nil && repl == nil }
-	// settle follows the end of a deploy (the worker's or a replacement's):
-	// once neither runs, restart after a failure with nothing serving, or
-	// start the reload that was asked for meanwhile.
-	settle := func(r Result) error {
-		s.finish(r, true)
-		s.mu.Lock()
-		noServing, pending := s.serving == nil, s.pending
-		s.mu.Unlock()
-		switch {
-		case !idle():
-		case noServing && !r.OK:
-			d, err := s.crashed()
-			if err != nil {
-				return s.fail(opCancel, err, worker, repl)
-			}
-			restartC = time.After(d)
-		case pending:
-			startWorker()
-		}
+func (l *runLoop) servingInstance() *Instance {
+	if l.m.serving == nil {
 		return nil
 	}
-	for {
-		s.mu.Lock()
-		serving := s.serving
-		s.mu.Unlock()
-		var servingDone <-chan struct{}
-		if serving != nil {
-			servingDone = serving.done
+	return l.insts[l.m.serving.n]
+}
+
+// publish copies the machine's view into the snapshot Status returns.
+func (s *Supervisor) publish(l *runLoop) {
+	st := Status{Name: s.cfg.Name, PID: os.Getpid()}
+	if l.m.serving != nil {
+		st.Serving = l.m.serving.n
+	}
+	st.Reloading = l.m.deploy != nil || l.m.queued != nil && l.m.queued.reload
+	for _, g := range l.m.gens {
+		in := l.insts[g.n]
+		if in == nil {
+			continue
 		}
-		select {
-		case <-ctx.Done():
-			return s.shutdown(opCancel, worker, repl)
-		case <-s.stopReq:
-			return s.shutdown(opCancel, worker, repl)
-		case <-s.promoted:
-			// The serving instance changed under a running deploy: watch
-			// the new one (it may crash while its predecessor drains).
-		case <-s.kick:
-			if idle() {
-				startWorker()
-			}
-		case r := <-worker:
-			worker = nil
-			if err := settle(r); err != nil {
-				return err
-			}
-		case r := <-repl:
-			repl = nil
-			if err := settle(r); err != nil {
-				return err
-			}
-		case <-servingDone:
-			s.mu.Lock()
-			crashed := s.serving == serving
-			// Whether a deploy had promoted it and is retiring its
-			// predecessor, decided now: a deploy still starting its
-			// instance may promote it while we log this crash.
-			retiring := false
-			if crashed {
-				s.serving = nil
-				serving.setState(StateExited)
-				retiring = s.drainingLocked()
-			}
-			s.mu.Unlock()
-			if !crashed {
-				continue
-			}
-			s.saveState()
-			killGroupAndWait(serving) // leftovers of its group may hold the ports
-			serving.closeNotify()
-			d, crashErr := s.crashed()
-			if crashErr == nil && retiring && worker != nil && repl == nil {
-				// It crashed after it took over, while the running deploy
-				// drains its predecessor, which has handed the ports over:
-				// nothing serves them. Start a replacement now, no backoff
-				// (the crash still counts toward --crash-limit).
-				s.log.Warn("serving instance crashed while its predecessor drains; starting a replacement now",
-					KeyGeneration, serving.Gen, KeyPID, serving.PID)
-				repl = make(chan Result, 1)
-				r := repl
-				go func() { r <- s.deploy(opCtx) }()
-			}
-			serving.tail.settle(500 * time.Millisecond)
-			s.log.Error("serving instance exited", KeyGeneration, serving.Gen, KeyPID, serving.PID,
-				"status", serving.ExitStatus(), KeyDuration, time.Since(serving.Started).Round(time.Millisecond),
-				"stderr", serving.StderrTail())
-			s.cfg.SDNotify(fmt.Sprintf("STATUS=generation %d exited (%s); restarting", serving.Gen, serving.ExitStatus()))
-			if crashErr != nil {
-				return s.fail(opCancel, crashErr, worker, repl)
-			}
-			if worker == nil {
-				restartC = time.After(d)
-			}
-		case <-restartC:
-			restartC = nil
-			s.mu.Lock()
-			need, next := s.serving == nil, s.gen+1
-			if need {
-				s.pending = true
-			}
-			s.mu.Unlock()
-			if need && idle() {
-				s.log.Info("restarting", KeyGeneration, next)
-				startWorker()
-			}
+		in.setState(g.stage.String())
+		gs := GenStatus{
+			Generation: g.n, PID: in.PID, PGID: in.PGID, State: g.stage.String(), Started: in.Started,
+			HealthAddr: in.HealthAddr, Path: in.Path, Adopted: in.Adopted, Exit: in.ExitStatus(),
 		}
+		if g.stage == stDraining {
+			gs.DrainDeadline = g.deadline
+			in.setDrainDeadline(g.deadline)
+		}
+		st.Generations = append(st.Generations, gs)
 	}
-}
-
-// crashed records a crash and returns the backoff before the restart, or
-// ErrCrashLoop.
-func (s *Supervisor) crashed() (time.Duration, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	s.crashes = append(s.crashes, now)
-	s.crashes = slices.DeleteFunc(s.crashes, func(t time.Time) bool { return now.Sub(t) > s.cfg.CrashWindow })
-	n := len(s.crashes)
-	if n > s.cfg.CrashLimit {
-		return 0, fmt.Errorf("%w: %d crashes within %v (limit %d)", ErrCrashLoop, n, s.cfg.CrashWindow, s.cfg.CrashLimit)
-	}
-	d := s.cfg.BackoffMin
-	for i := 1; i < n && d < s.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, s.cfg.BackoffMax), nil
-}
-
-func (s *Supervisor) fail(cancel context.CancelFunc, err error, workers ...chan Result) error {
-	s.log.Error("giving up", KeyError, err)
-	_ = s.shutdown(cancel, workers...)
-	return err
-}
-
-// drainingLocked reports whether a deploy is retiring an instance (it
-// has promoted its new one). s.mu is held.
-func (s *Supervisor) drainingLocked() bool {
-	return slices.ContainsFunc(s.insts, func(in *Instance) bool { return in.State() == StateDraining })
-}
-
-// finish records a result and answers the waiters that were attached to it.
-func (s *Supervisor) finish(r Result, reload bool) {
-	s.mu.Lock()
-	s.last = &r
+	s.status = st
 	s.mu.Unlock()
-	if reload {
-		s.cfg.SDNotify("READY=1\n" + s.sdStatus())
-	}
 }
 
-func (s *Supervisor) sdStatus() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.serving == nil {
-		return "STATUS=no generation serving"
-	}
-	return fmt.Sprintf("STATUS=generation %d serving (pid %d)", s.serving.Gen, s.serving.PID)
-}
-
-func (s *Supervisor) sdReady() {
-	s.cfg.SDNotify(fmt.Sprintf("READY=1\nMAINPID=%d\n%s", os.Getpid(), s.sdStatus()))
-	s.readySent.Store(true)
-}
-
-// deploy starts the next generation, waits until it is ready, promotes it
-// and retires the previous one. Waiters queued before it started get its
-// result.
-func (s *Supervisor) deploy(ctx context.Context) (res Result) {
-	start := time.Now()
-	s.mu.Lock()
-	waiters := s.waiters
-	s.waiters, s.pending = nil, false
-	s.reloading++
-	s.gen++
-	gen, old := s.gen, s.serving
-	stopping := s.stopping
-	s.mu.Unlock()
-	defer func() {
-		res.Generation, res.Started, res.Duration = gen, start, time.Since(start)
-		if res.Err != nil {
-			res.Error = res.Err.Error()
+// stateFile is what a supervisor started after this one was killed needs:
+// every generation that may still run, and the drain deadlines.
+func (l *runLoop) stateFile() StateFile {
+	st := StateFile{Name: l.s.cfg.Name, SupervisorPID: os.Getpid()}
+	st.SupervisorST, _ = proc.StartTime(os.Getpid())
+	for _, g := range l.m.gens {
+		in := l.insts[g.n]
+		if in == nil || g.empty || (g.stage != stStarting && g.stage != stServing && g.stage != stDraining) {
+			continue
 		}
-		s.mu.Lock()
-		s.reloading--
-		s.mu.Unlock()
-		for _, w := range waiters {
-			w <- res
+		sg := StateGen{
+			Generation: g.n, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
+			Started: in.Started, State: g.stage.String(), HealthAddr: in.HealthAddr,
 		}
-	}()
-	if stopping {
-		return Result{Err: ErrStopping}
-	}
-	if s.readySent.Load() {
-		// Every deploy after the first READY=1 is a reload to systemd,
-		// also one that a SIGHUP asked for while nothing served (a crash
-		// restart's backoff): Type=notify-reload waits for this message.
-		var ts unix.Timespec
-		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-		s.cfg.SDNotify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=starting generation %d", ts.Nano()/1000, gen))
-	}
-	if old != nil {
-		s.log.Info("reload started", KeyGeneration, gen, "old_generation", old.Gen, "old_pid", old.PID)
-	}
-	in, err := s.startReady(ctx, gen, old)
-	if err != nil {
-		msg := "generation failed"
-		if old != nil {
-			msg = "generation failed; previous keeps serving"
+		if g.stage == stDraining {
+			sg.DrainDeadline = g.deadline
 		}
-		s.log.Error(msg, KeyGeneration, gen, KeyError, err, KeyDuration, time.Since(start).Round(time.Millisecond))
-		return Result{Err: err}
+		st.Generations = append(st.Generations, sg)
 	}
-	s.mu.Lock()
-	s.serving = in
-	in.setState(StateServing)
-	if old != nil {
-		old.setState(StateDraining)
-	}
-	s.mu.Unlock()
-	select {
-	case s.promoted <- struct{}{}:
-	default:
-	}
-	s.saveState()
-	s.log.Info("generation ready", KeyGeneration, gen, KeyPID, in.PID, KeyDuration, time.Since(start).Round(time.Millisecond))
-	if old != nil {
-		s.retire(old)
-		s.log.Info("reload done", KeyGeneration, gen, KeyPID, in.PID, KeyDuration, time.Since(start).Round(time.Millisecond))
-	}
-	return Result{OK: true}
+	return st
 }
 
-// startReady resolves, checks, starts and waits for generation gen.
-func (s *Supervisor) startReady(ctx context.Context, gen int, old *Instance) (*Instance, error) {
+// realProcesses is the process layer of a real supervisor.
+func (s *Supervisor) realProcesses() processLayer {
+	return processLayer{
+		adopt:         s.adoptFromState,
+		prepare:       s.prepare,
+		start:         s.start,
+		waitReady:     s.waitReadyCovering,
+		stop:          func(in *Instance) error { sendStop(in, &s.cfg.Launch, s.log); return nil },
+		kill:          func(in *Instance) error { in.signal(unix.SIGKILL); return nil },
+		listenersGone: listenersGone,
+		groupEmpty:    groupEmpty,
+		save:          s.saveState,
+	}
+}
+
+// prepare resolves the command and its environment, refuses probes aimed
+// at the serving instance's ports, and runs the --check commands.
+func (s *Supervisor) prepare(ctx context.Context, gen int, serving *Instance) (*prepared, error) {
 	l := &s.cfg.Launch
 	path, dir, err := l.Resolve()
 	if err != nil {
@@ -482,44 +615,64 @@ func (s *Supervisor) startReady(ctx context.Context, gen int, old *Instance) (*I
 	if err != nil {
 		return nil, err
 	}
-	if old != nil {
-		if err := s.checkProbes(old); err != nil {
+	if serving != nil {
+		if err := s.checkProbes(serving); err != nil {
 			return nil, err
 		}
 	}
 	if len(l.Checks) > 0 {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
-		err := l.RunChecks(cctx, s.cfg.Reaper, dir, append(env, healthcheck.EnvGeneration+"="+strconv.Itoa(gen)))
-		cancel()
-		if err != nil {
+		if err := l.RunChecks(ctx, s.cfg.Reaper, dir, append(env, healthcheck.EnvGeneration+"="+strconv.Itoa(gen))); err != nil {
 			return nil, err
 		}
 	}
-	in, err := startInstance(s.cfg.Reaper, l, gen, path, dir, env)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.insts = append(s.insts, in)
-	s.trimLocked()
-	s.mu.Unlock()
-	s.saveState()
-	s.log.Info("generation started", KeyGeneration, gen, KeyPID, in.PID, "path", path, "health_addr", in.HealthAddr)
-	err = s.waitReady(ctx, in)
-	if err == nil && old != nil {
-		err = checkCoverage(in, old)
-	}
-	if err != nil {
-		in.setState(StateFailed)
-		killGroupAndWait(in)
-		in.closeNotify()
-		s.saveState()
-		return nil, err
-	}
-	return in, nil
+	return &prepared{path: path, dir: dir, env: env}, nil
 }
 
-func (s *Supervisor) waitReady(ctx context.Context, in *Instance) error {
+func (s *Supervisor) start(gen int, p *prepared) (*Instance, error) {
+	if p == nil {
+		return nil, fmt.Errorf("%w: generation %d was not prepared", ErrStart, gen)
+	}
+	return startInstance(s.cfg.Reaper, &s.cfg.Launch, gen, p.path, p.dir, p.env)
+}
+
+// coveragePoll is how often a ready instance's listeners are compared
+// with the old one's, until the ready deadline.
+const coveragePoll = 20 * time.Millisecond
+
+// waitReadyCovering waits until in is ready and, if old still runs, until
+// in listens on every address old shares with SO_REUSEPORT: a server may
+// bind a port just after READY=1, so this is polled until the deadline.
+func (s *Supervisor) waitReadyCovering(ctx context.Context, in *Instance, deadline time.Time, old *Instance) error {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := s.waitReady(ctx, in, time.Until(deadline)); err != nil {
+		return err
+	}
+	if old == nil {
+		return nil
+	}
+	for {
+		err := checkCoverage(in, old)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-old.Done():
+			return nil // nothing left to cover
+		case <-in.Done():
+			in.tail.settle(time.Second)
+			return fmt.Errorf("%w: generation %d (pid %d) %s; last stderr: %s", ErrExited, in.Gen, in.PID, in.ExitStatus(), in.StderrTail())
+		case <-ctx.Done():
+			if ctx.Err() == context.Canceled {
+				return fmt.Errorf("generation %d: %w", in.Gen, ErrStopping)
+			}
+			return err
+		case <-time.After(coveragePoll):
+		}
+	}
+}
+
+func (s *Supervisor) waitReady(ctx context.Context, in *Instance, timeout time.Duration) error {
 	var probes []healthcheck.Probe
 	for _, spec := range s.cfg.Probes {
 		p, err := healthcheck.Parse(spec, in.HealthAddr)
@@ -542,7 +695,7 @@ func (s *Supervisor) waitReady(ctx context.Context, in *Instance) error {
 		}
 		probes = append(probes, p)
 	}
-	return waitReady(ctx, in, s.cfg.Notify, probes, s.cfg.ReadyTimeout)
+	return waitReady(ctx, in, s.cfg.Notify, probes, timeout)
 }
 
 // checkProbes refuses probes aimed at a port that the old instance serves:
@@ -567,14 +720,26 @@ func (s *Supervisor) checkProbes(old *Instance) error {
 	return nil
 }
 
+// sharedListenAddrs returns the addresses in's group listens on that are
+// shared with SO_REUSEPORT (its health address and per-process ports,
+// such as a pprof listener on :0, aside).
+func sharedListenAddrs(in *Instance) ([]netip.AddrPort, error) {
+	addrs, err := proc.GroupListenAddrs(in.PGID)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(addrs, func(a netip.AddrPort) bool {
+		return a.String() == in.HealthAddr || !reusePortShared(a)
+	}), nil
+}
+
 // checkCoverage fails if the new instance does not listen on an address
-// that the old one serves (its health address aside).
+// that the old one shares with SO_REUSEPORT.
 func checkCoverage(in, old *Instance) error {
-	oldAddrs, err := proc.GroupListenAddrs(old.PGID)
+	oldAddrs, err := sharedListenAddrs(old)
 	if err != nil {
 		return nil
 	}
-	oldAddrs = slices.DeleteFunc(oldAddrs, func(a netip.AddrPort) bool { return a.String() == old.HealthAddr })
 	newAddrs, err := proc.GroupListenAddrs(in.PGID)
 	if err != nil {
 		return nil
@@ -585,86 +750,84 @@ func checkCoverage(in, old *Instance) error {
 	return nil
 }
 
-// retire drains old: SIGTERM, wait up to the drain timeout, SIGKILL.
-func (s *Supervisor) retire(old *Instance) {
-	start := time.Now()
-	drain := s.cfg.Launch.DrainTimeout
-	s.cfg.SDNotify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (drain + 10*time.Second).Microseconds()))
-	s.log.Info("draining", KeyGeneration, old.Gen, KeyPID, old.PID)
-	old.setDrainDeadline(time.Now().Add(drain))
-	s.saveState()
-	out := stopInstance(old, &s.cfg.Launch, drain, s.hurry, s.log)
-	old.setState(StateExited)
-	old.closeNotify()
-	s.saveState()
-	logStopped(s.log, old, out, start)
-}
+// Polling /proc and sock_diag costs a scan of every process; the waits
+// below start fast (a runner instance closes its listener within
+// milliseconds of SIGTERM) and slow down to pollMax.
+const (
+	pollMin = 5 * time.Millisecond
+	pollMax = 100 * time.Millisecond
+)
 
-// logStopped logs how a retired instance ended, and the processes it left
-// behind outside its process group.
-func logStopped(log *slog.Logger, in *Instance, out stopOutcome, start time.Time) {
-	lvl := slog.LevelInfo
-	if out.Killed {
-		lvl = slog.LevelWarn
-	}
-	log.Log(context.Background(), lvl, "instance exited", KeyGeneration, in.Gen, KeyPID, in.PID,
-		"status", in.ExitStatus(), "killed", out.Killed, KeyDuration, time.Since(start).Round(time.Millisecond))
-	for _, pid := range out.Untracked {
-		log.Warn("a process started by this generation left its process group (setsid or daemonized) and still holds its listening socket; it is not tracked, drained or killed",
-			KeyGeneration, in.Gen, KeyPID, pid, "pgid", in.PGID)
+// poller sleeps between polls, longer each time, until ctx is done.
+type poller struct{ d time.Duration }
+
+func (p *poller) wait(ctx context.Context) bool {
+	p.d = min(max(p.d*3/2, pollMin), pollMax)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(p.d):
+		return true
 	}
 }
 
-func (s *Supervisor) shutdown(cancel context.CancelFunc, workers ...chan Result) error {
-	s.cfg.SDNotify("STOPPING=1\nSTATUS=stopping")
-	s.mu.Lock()
-	s.stopping = true
-	waiters := s.waiters
-	s.waiters = nil
-	s.mu.Unlock()
-	for _, w := range waiters {
-		w <- Result{Err: ErrStopping, Error: ErrStopping.Error()}
+// groupGone reports whether no process is left in pgid: kill(-pgid, 0)
+// fails with ESRCH (one system call), or only zombies are left.
+func groupGone(pgid int) bool {
+	if err := unix.Kill(-pgid, 0); errors.Is(err, unix.ESRCH) {
+		return true
 	}
-	cancel()
-	for _, w := range workers {
-		if w != nil {
-			s.finish(<-w, false)
-		}
-	}
-	s.mu.Lock()
-	serving := s.serving
-	s.serving = nil
-	s.mu.Unlock()
-	if serving != nil {
-		s.retire(serving)
-	}
-	if s.cfg.StateFile != "" {
-		_ = os.Remove(s.cfg.StateFile)
-	}
-	s.log.Info("stopped")
-	return nil
+	return len(proc.GroupMembers(pgid)) == 0
 }
 
-func (s *Supervisor) cleanup() {
-	s.mu.Lock()
-	insts := s.insts
-	s.mu.Unlock()
-	for _, in := range insts {
-		in.closeNotify()
-	}
-}
-
-// trimLocked forgets old exited generations, keeping the last few.
-func (s *Supervisor) trimLocked() {
-	const keep = 8
-	for len(s.insts) > keep {
-		i := slices.IndexFunc(s.insts, func(in *Instance) bool {
-			st := in.State()
-			return st == StateExited || st == StateFailed
-		})
-		if i < 0 {
+// listenersGone returns once no process of in's group listens on a shared
+// address, or its group is empty, or ctx is done. Where the listening
+// sockets cannot be read, it waits for the group to be empty.
+func listenersGone(ctx context.Context, in *Instance) {
+	var p poller
+	for {
+		if in.groupEmpty() {
 			return
 		}
-		s.insts = slices.Delete(s.insts, i, i+1)
+		if addrs, err := sharedListenAddrs(in); err == nil && len(addrs) == 0 {
+			return
+		}
+		if !p.wait(ctx) {
+			return
+		}
 	}
+}
+
+// groupEmpty returns once no process is left in in's group (the leader
+// has exited), or ctx is done.
+func groupEmpty(ctx context.Context, in *Instance) {
+	var p poller
+	for !in.groupEmpty() && p.wait(ctx) {
+	}
+	in.closeNotify()
+}
+
+// startReady prepares, starts and waits for generation gen outside Run
+// (swap): the checks and the readiness share one deadline, ReadyTimeout.
+// A generation that fails is killed with its group.
+func (s *Supervisor) startReady(ctx context.Context, gen int, old *Instance) (*Instance, error) {
+	deadline := time.Now().Add(s.cfg.ReadyTimeout)
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	p, err := s.prepare(cctx, gen, old)
+	if err != nil {
+		return nil, err
+	}
+	in, err := s.start(gen, p)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("generation started", KeyGeneration, gen, KeyPID, in.PID, "path", in.Path, "health_addr", in.HealthAddr)
+	if err := s.waitReadyCovering(ctx, in, deadline, old); err != nil {
+		in.setState(StateFailed)
+		killGroupAndWait(in)
+		in.closeNotify()
+		return nil, err
+	}
+	return in, nil
 }

@@ -1,0 +1,960 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The supervisor's decisions, as one state machine in the way of
+// etcd-io/raft: machine.Step takes an Event (something that happened: a
+// reload was asked for, an instance became ready or exited, its listeners
+// closed, a timer fired) and returns the Actions that follow from it (start
+// a generation, promote it, send a stop signal, kill a group, arm a timer,
+// answer the waiters, ...). The machine does no I/O and reads no clock: the
+// time comes in each event. Supervisor.Run performs the actions and turns
+// everything that happens into the next events.
+//
+// The rules it keeps:
+//
+//   - At most one deploy (a reload, generation 1 or a crash replacement)
+//     runs at a time; reloads asked for meanwhile coalesce into the next.
+//   - No generation's process starts while an older one, other than the
+//     serving one, still has a listener open (sock_diag): with runner's
+//     steering a third member on the port sends traffic back to a draining
+//     instance. Crash replacements wait for it too.
+//   - A reload is done when the port is handed over: the old generation has
+//     no listener left (or its group is empty). It finishes draining in the
+//     background, up to its own deadline; at most MaxDraining generations
+//     drain at once, and a reload beyond that waits for a slot (within the
+//     ready timeout).
+//   - Whenever nothing serves and nothing is starting, a restart is queued
+//     (at once for the first crash in the window, with a doubling backoff
+//     from the second), or the crash limit ends Run with ErrCrashLoop.
+//   - Every waiter gets an answer, and a stop never waits on one.
+//   - A process group is signalled only while the machine believes it has a
+//     member (until its "group empty" event), and only for what the current
+//     state says, never from a snapshot taken earlier.
+
+// EventKind says what happened.
+type EventKind int
+
+// Event kinds.
+const (
+	EvStart         EventKind = iota // Run began; Adopted lists a previous supervisor's live generations
+	EvReloadAsked                    // SIGHUP, the control socket or --watch; Waiter (may be nil) wants the result
+	EvStopAsked                      // the first stop: drain and exit
+	EvHurry                          // the second stop: SIGKILL every group now
+	EvChecked                        // Gen's command was resolved and its --check commands ran; Err if refused
+	EvStarted                        // Gen's process started (PID), or could not (Err)
+	EvReady                          // Gen is ready (probes, READY=1, coverage), or not (Err)
+	EvExited                         // Gen's main process exited (Status)
+	EvListenersGone                  // sock_diag shows no listening socket of Gen's process group
+	EvGroupEmpty                     // no process is left in Gen's process group
+	EvTimer                          // Timer fired
+)
+
+var eventNames = [...]string{"start", "reload", "stop", "hurry", "checked", "started", "ready", "exited",
+	"listeners-gone", "group-empty", "timer"}
+
+func (k EventKind) String() string { return eventNames[k] }
+
+// Event is one input of the machine.
+type Event struct {
+	Kind    EventKind
+	Now     time.Time
+	Gen     int
+	PID     int           // EvStarted
+	Err     error         // EvChecked, EvStarted, EvReady
+	Status  string        // EvExited: how it ended
+	Waiter  chan<- Result // EvReloadAsked: buffered (1); nil for SIGHUP and --watch
+	Timer   TimerID       // EvTimer
+	Adopted []AdoptedGen  // EvStart
+}
+
+// AdoptedGen is a live generation of a previous supervisor, read from the
+// state file.
+type AdoptedGen struct {
+	Gen      int
+	PID      int
+	Draining bool      // it was draining: let it finish, do not stop it again
+	Deadline time.Time // its absolute drain deadline (zero: now + drain timeout)
+}
+
+// TimerKind names what a timer is for.
+type TimerKind int
+
+// Timer kinds.
+const (
+	TimerBackoff   TimerKind = iota // the restart of a crashed instance is due
+	TimerDrain                      // Gen's drain deadline: SIGKILL its group
+	TimerKillGrace                  // Gen's group was SIGKILLed this long ago: stop waiting for it
+	TimerSlot                       // a reload waited too long for a draining generation to finish
+)
+
+// TimerID identifies a timer; arming one again moves it.
+type TimerID struct {
+	Kind TimerKind
+	Gen  int
+}
+
+func (t TimerID) String() string {
+	name := [...]string{"backoff", "drain", "kill-grace", "slot"}[t.Kind]
+	if t.Gen == 0 {
+		return name
+	}
+	return fmt.Sprintf("%s/%d", name, t.Gen)
+}
+
+// ActionKind says what to do.
+type ActionKind int
+
+// Action kinds.
+const (
+	ActRunChecks ActionKind = iota // resolve Gen's command, refuse probes aimed at a shared port, run --check until At
+	ActStart                       // start Gen's process; then report EvReady by At (probes, READY=1, coverage of Old's shared addresses)
+	ActPromote                     // Gen now serves
+	ActStop                        // send Gen's group the stop signal; it drains until At
+	ActKill                        // SIGKILL Gen's group
+	ActCancel                      // cancel Gen's --check commands
+	ActWatch                       // report EvListenersGone for Gen
+	ActTimer                       // arm Timer at At
+	ActAnswer                      // answer Waiters with Result (and record it as the last reload)
+	ActNotify                      // send Text to systemd
+	ActSave                        // write the state file
+	ActLog                         // log Msg at Level with Args
+	ActExit                        // Run returns Err
+)
+
+var actionNames = [...]string{"checks", "start", "promote", "stop", "kill", "cancel", "watch", "timer",
+	"answer", "notify", "save", "log", "exit"}
+
+func (k ActionKind) String() string { return actionNames[k] }
+
+// Action is one output of the machine.
+type Action struct {
+	Kind    ActionKind
+	Gen     int
+	Old     int       // ActStart: the serving generation whose shared addresses Gen must cover (0: none)
+	At      time.Time // deadline (ActRunChecks, ActStart, ActStop) or when (ActTimer)
+	Timer   TimerID
+	Waiters []chan<- Result
+	Result  Result
+	Text    string // ActNotify
+	Level   slog.Level
+	Msg     string
+	Args    []any
+	Err     error // ActExit
+}
+
+// String renders an action the way the table tests spell it.
+func (a Action) String() string {
+	switch a.Kind {
+	case ActTimer:
+		return "timer " + a.Timer.String()
+	case ActAnswer:
+		if a.Result.OK {
+			return fmt.Sprintf("answer %d ok", a.Result.Generation)
+		}
+		return fmt.Sprintf("answer %d %s", a.Result.Generation, errName(a.Result.Err))
+	case ActNotify:
+		first, _, _ := strings.Cut(a.Text, "\n")
+		return "notify " + first
+	case ActSave:
+		return "save"
+	case ActLog:
+		return "log " + a.Msg
+	case ActExit:
+		if a.Err == nil {
+			return "exit ok"
+		}
+		return "exit " + errName(a.Err)
+	}
+	return fmt.Sprintf("%s %d", a.Kind, a.Gen)
+}
+
+// errName is a short name for the sentinel an error wraps.
+func errName(err error) string {
+	for _, e := range []struct {
+		err  error
+		name string
+	}{
+		{ErrStopping, "stopping"}, {ErrExited, "exited"}, {ErrNotReady, "not-ready"},
+		{ErrCheckFailed, "check-failed"}, {ErrStart, "start-failed"}, {ErrCrashLoop, "crash-loop"},
+		{ErrTooManyDraining, "too-many-draining"}, {ErrProbeSharedPort, "probe-shared-port"},
+	} {
+		if errors.Is(err, e.err) {
+			return e.name
+		}
+	}
+	if err == nil {
+		return "nil"
+	}
+	return "error"
+}
+
+// machineConfig holds what the machine needs of Config, defaults applied.
+type machineConfig struct {
+	ReadyTimeout, DrainTimeout time.Duration
+	BackoffMin, BackoffMax     time.Duration
+	CrashLimit                 int
+	CrashWindow                time.Duration
+	MaxDraining                int
+	PID                        int // the supervisor's own, for MAINPID=
+}
+
+// killGrace is how long a SIGKILLed group may take to empty before the
+// machine stops waiting for it (a process stuck in the kernel).
+const killGrace = 5 * time.Second
+
+// genStage is where one generation is.
+type genStage int
+
+const (
+	stChecking genStage = iota // its command is resolved, --check runs
+	stStarting                 // its process runs, not ready yet
+	stServing
+	stDraining // stop signal sent (retired, or stopped with the supervisor)
+	stFailed   // never ready (or abandoned): killed
+	stExited   // its group is empty
+)
+
+func (st genStage) String() string {
+	return [...]string{StateStarting, StateStarting, StateServing, StateDraining, StateFailed, StateExited}[st]
+}
+
+// gen is the machine's view of one generation.
+type gen struct {
+	n         int
+	pid       int
+	stage     genStage
+	crashed   bool      // it exited while serving
+	adopted   bool      // started by a previous supervisor
+	exited    bool      // its main process exited
+	listening bool      // may still have a listening socket (until EvListenersGone)
+	empty     bool      // its group is empty (or it never had a process)
+	watched   bool      // ActWatch was emitted
+	killed    bool      // ActKill was emitted while it was not empty
+	deadline  time.Time // drain deadline (stDraining)
+	status    string    // how its main process ended
+}
+
+// deployStage is where the running deploy is.
+type deployStage int
+
+const (
+	dChecking    deployStage = iota // ActRunChecks sent
+	dChecked                        // waiting until no older listener is open
+	dStarting                       // ActStart sent, waiting for EvStarted
+	dWaitReady                      // waiting for EvReady
+	dHandingOver                    // promoted; waiting until the old generation has no listener left
+	dFailing                        // failed: its generation is killed; answered once its group is empty
+)
+
+// deploy is one attempt to get a new generation serving.
+type deploy struct {
+	gen       int
+	stage     deployStage
+	reload    bool // asked for (waiters, SIGHUP, --watch), not only a restart
+	restart   bool // a replacement for a crashed instance (not bound by MaxDraining)
+	first     bool // generation 1 of a run that adopted nothing: failing ends Run
+	aborted   bool // stop asked while its checks or start were running
+	waiters   []chan<- Result
+	notBefore time.Time // a restart's backoff
+	slotBy    time.Time // a reload waiting for a draining slot fails at this time
+	began     time.Time
+	deadline  time.Time // ready deadline: checks and readiness together
+	old       int       // the generation it promoted over (dHandingOver)
+	err       error     // why it failed (dFailing)
+}
+
+// machine is the supervisor's state. It is not safe for concurrent use:
+// Supervisor.Run owns it.
+type machine struct {
+	cfg machineConfig
+
+	gens      []*gen
+	serving   *gen
+	deploy    *deploy // running
+	queued    *deploy // asked for, not begun
+	lastGen   int
+	crashes   []time.Time
+	readySent bool // READY=1 went to systemd: later deploys are reloads
+	begun     bool // EvStart was handled
+	stopping  bool
+	exitErr   error // what Run returns once everything has stopped
+	done      bool  // ActExit was emitted
+
+	out []Action
+}
+
+func newMachine(cfg machineConfig) *machine {
+	if cfg.MaxDraining < 1 {
+		cfg.MaxDraining = 1
+	}
+	return &machine{cfg: cfg}
+}
+
+// Step handles one event and returns the actions to perform, in order.
+func (m *machine) Step(ev Event) []Action {
+	m.out = nil
+	if m.done {
+		if ev.Kind == EvReloadAsked {
+			m.answer([]chan<- Result{ev.Waiter}, Result{Err: ErrStopping})
+		}
+		return m.take()
+	}
+	// Events about a process are facts, whatever the phase.
+	switch ev.Kind {
+	case EvExited:
+		m.exited(ev)
+	case EvListenersGone:
+		if g := m.gen(ev.Gen); g != nil {
+			g.listening = false
+			m.handedOver(ev.Now, g)
+		}
+	case EvGroupEmpty:
+		m.groupEmpty(ev)
+	default:
+		if m.stopping {
+			m.stepStopping(ev)
+		} else {
+			m.stepRunning(ev)
+		}
+	}
+	m.advance(ev.Now)
+	return m.take()
+}
+
+func (m *machine) take() []Action {
+	out := m.out
+	m.out = nil
+	return out
+}
+
+func (m *machine) emit(a Action) { m.out = append(m.out, a) }
+
+func (m *machine) log(level slog.Level, msg string, args ...any) {
+	m.emit(Action{Kind: ActLog, Level: level, Msg: msg, Args: args})
+}
+
+func (m *machine) gen(n int) *gen {
+	for _, g := range m.gens {
+		if g.n == n {
+			return g
+		}
+	}
+	return nil
+}
+
+// stepRunning handles the events of every phase but stopping.
+func (m *machine) stepRunning(ev Event) {
+	switch ev.Kind {
+	case EvStart:
+		if !m.begun {
+			m.begun = true
+			m.start(ev)
+		}
+	case EvReloadAsked:
+		m.reloadAsked(ev)
+	case EvStopAsked:
+		m.beginStop(ev.Now, nil, ErrStopping)
+	case EvHurry:
+		m.beginStop(ev.Now, nil, ErrStopping)
+		m.hurry(ev.Now)
+	case EvChecked:
+		d := m.current(ev.Gen, dChecking)
+		if d == nil {
+			return
+		}
+		if ev.Err != nil {
+			m.failDeploy(ev.Now, ev.Err)
+			return
+		}
+		d.stage = dChecked // advance starts it once no older listener is open
+	case EvStarted:
+		m.started(ev)
+	case EvReady:
+		d := m.current(ev.Gen, dWaitReady)
+		if d == nil {
+			return
+		}
+		if ev.Err != nil {
+			m.failDeploy(ev.Now, ev.Err)
+			return
+		}
+		m.promote(ev.Now, d)
+	case EvTimer:
+		m.timer(ev)
+	}
+}
+
+// stepStopping handles events once a stop was asked for: nothing new
+// starts, every waiter is answered, and what was starting is dropped.
+func (m *machine) stepStopping(ev Event) {
+	switch ev.Kind {
+	case EvReloadAsked:
+		m.answer([]chan<- Result{ev.Waiter}, Result{Err: ErrStopping})
+	case EvHurry:
+		m.hurry(ev.Now)
+	case EvChecked:
+		if d := m.current(ev.Gen, dChecking); d != nil {
+			m.gen(d.gen).empty, m.gen(d.gen).listening = true, false
+			m.gen(d.gen).stage = stFailed
+			m.deploy = nil
+		}
+	case EvStarted:
+		m.started(ev)
+	case EvReady:
+		// A deploy is never left waiting for ready while stopping.
+	case EvTimer:
+		m.timer(ev)
+	case EvStart, EvStopAsked:
+	}
+}
+
+// start handles EvStart: take over what a previous supervisor left
+// running, then deploy generation 1 (or the next after the adopted one).
+func (m *machine) start(ev Event) {
+	d := &deploy{first: true, began: ev.Now}
+	for _, a := range ev.Adopted {
+		g := &gen{n: a.Gen, pid: a.PID, adopted: true, listening: true}
+		m.gens = append(m.gens, g)
+		m.lastGen = max(m.lastGen, a.Gen)
+		if !a.Draining && (m.serving == nil || a.Gen > m.serving.n) {
+			if m.serving != nil {
+				m.retire(ev.Now, m.serving)
+			}
+			g.stage = stServing
+			m.serving = g
+			m.log(slog.LevelInfo, "adopted serving instance of a previous supervisor", KeyGeneration, g.n, KeyPID, g.pid)
+			continue
+		}
+		if !a.Draining {
+			m.retire(ev.Now, g)
+			continue
+		}
+		g.stage = stDraining
+		g.deadline = a.Deadline
+		if g.deadline.IsZero() {
+			g.deadline = ev.Now.Add(m.cfg.DrainTimeout)
+		}
+		m.log(slog.LevelInfo, "adopted draining instance of a previous supervisor; it finishes its drain",
+			KeyGeneration, g.n, KeyPID, g.pid, "deadline", g.deadline)
+		m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
+		m.watch(g)
+	}
+	slices.SortFunc(m.gens, func(a, b *gen) int { return a.n - b.n })
+	if m.serving != nil {
+		d.first = false // failing leaves the adopted one serving
+	}
+	m.queued = d
+}
+
+// reloadAsked queues a reload, coalescing with one already queued. Asked
+// for during a crash restart's backoff, it is that restart, now.
+func (m *machine) reloadAsked(ev Event) {
+	q := m.queued
+	if q == nil {
+		q = &deploy{began: ev.Now}
+		m.queued = q
+	}
+	q.reload = true
+	q.notBefore = time.Time{}
+	if ev.Waiter != nil {
+		q.waiters = append(q.waiters, ev.Waiter)
+	}
+}
+
+// advance begins what can begin now, and ends Run once everything is
+// stopped.
+func (m *machine) advance(now time.Time) {
+	if m.stopping {
+		if m.deploy == nil && !slices.ContainsFunc(m.gens, func(g *gen) bool { return !g.empty }) {
+			m.emit(Action{Kind: ActExit, Err: m.exitErr})
+			m.log(slog.LevelInfo, "stopped")
+			m.done = true
+		}
+		return
+	}
+	if m.deploy == nil && m.queued != nil {
+		q := m.queued
+		switch {
+		case now.Before(q.notBefore):
+		case !q.restart && m.serving != nil && m.draining() >= m.cfg.MaxDraining:
+			if q.slotBy.IsZero() {
+				q.slotBy = now.Add(m.cfg.ReadyTimeout)
+				m.log(slog.LevelInfo, "reload waits for a draining generation to finish",
+					"draining", m.draining(), "max_draining", m.cfg.MaxDraining)
+				m.emit(Action{Kind: ActTimer, Timer: TimerID{Kind: TimerSlot}, At: q.slotBy})
+			}
+		default:
+			m.begin(now)
+		}
+	}
+	if d := m.deploy; d != nil && d.stage == dChecked && m.noOlderListener(d.gen) {
+		d.stage = dStarting
+		old := 0
+		if m.serving != nil {
+			old = m.serving.n
+		}
+		m.emit(Action{Kind: ActStart, Gen: d.gen, Old: old, At: d.deadline})
+	}
+	// Nothing serves and nothing is starting: a restart must be queued.
+	// Every path that leaves nothing serving queues one; this is the net.
+	if m.begun && m.serving == nil && m.deploy == nil && m.queued == nil {
+		m.log(slog.LevelError, "nothing serves and nothing is starting; restarting")
+		m.queued = &deploy{restart: true, began: now}
+		m.advance(now)
+	}
+}
+
+// draining counts generations that drain.
+func (m *machine) draining() int {
+	n := 0
+	for _, g := range m.gens {
+		if g.stage == stDraining && !g.empty {
+			n++
+		}
+	}
+	return n
+}
+
+// noOlderListener reports whether every generation older than n, the
+// serving one aside, has closed its listeners.
+func (m *machine) noOlderListener(n int) bool {
+	for _, g := range m.gens {
+		if g.n < n && g != m.serving && g.listening && !g.empty {
+			return false
+		}
+	}
+	return true
+}
+
+// begin starts the queued deploy: the next generation's checks.
+func (m *machine) begin(now time.Time) {
+	d := m.queued
+	m.queued = nil
+	m.deploy = d
+	m.lastGen++
+	d.gen, d.stage, d.began = m.lastGen, dChecking, now
+	d.deadline = now.Add(m.cfg.ReadyTimeout)
+	m.gens = append(m.gens, &gen{n: d.gen, stage: stChecking, listening: true})
+	if m.readySent {
+		// Every deploy after the first READY=1 is a reload to systemd,
+		// also a crash restart: Type=notify-reload waits for this message
+		// after its SIGHUP, whatever the deploy.
+		m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("RELOADING=1\nSTATUS=starting generation %d", d.gen)})
+	}
+	if m.serving != nil {
+		m.log(slog.LevelInfo, "reload started", KeyGeneration, d.gen, "old_generation", m.serving.n, "old_pid", m.serving.pid)
+	}
+	m.emit(Action{Kind: ActRunChecks, Gen: d.gen, At: d.deadline})
+}
+
+// current returns the running deploy if it is generation n at stage st.
+func (m *machine) current(n int, st deployStage) *deploy {
+	if d := m.deploy; d != nil && d.gen == n && d.stage == st {
+		return d
+	}
+	return nil
+}
+
+func (m *machine) started(ev Event) {
+	d := m.current(ev.Gen, dStarting)
+	if d == nil {
+		return
+	}
+	g := m.gen(d.gen)
+	if ev.Err != nil {
+		g.empty, g.listening = true, false
+		m.failDeploy(ev.Now, ev.Err)
+		return
+	}
+	g.pid, g.stage = ev.PID, stStarting
+	d.stage = dWaitReady
+	m.emit(Action{Kind: ActSave})
+	if d.aborted || m.stopping {
+		// Stopped while it was being started: it never serves.
+		g.stage = stFailed
+		m.kill(ev.Now, g)
+		m.deploy = nil
+	}
+}
+
+// promote makes the deploy's generation the serving one and retires the
+// one it replaces; the deploy is done once that one's listeners are gone.
+func (m *machine) promote(now time.Time, d *deploy) {
+	g := m.gen(d.gen)
+	old := m.serving
+	g.stage = stServing
+	m.serving = g
+	m.emit(Action{Kind: ActPromote, Gen: g.n})
+	if old == nil {
+		m.emit(Action{Kind: ActSave})
+		m.finishDeploy(now, nil)
+		return
+	}
+	d.stage, d.old = dHandingOver, old.n
+	m.retire(now, old)
+	m.handedOver(now, old)
+}
+
+// retire sends g the stop signal and arms its drain deadline.
+func (m *machine) retire(now time.Time, g *gen) {
+	g.stage = stDraining
+	g.deadline = now.Add(m.cfg.DrainTimeout)
+	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
+	m.emit(Action{Kind: ActSave})
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
+	m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (m.cfg.DrainTimeout + 10*time.Second).Microseconds())})
+	m.watch(g)
+}
+
+func (m *machine) watch(g *gen) {
+	if !g.watched && !g.empty {
+		g.watched = true
+		m.emit(Action{Kind: ActWatch, Gen: g.n})
+	}
+}
+
+// kill SIGKILLs g's group, if it may still have a member.
+func (m *machine) kill(now time.Time, g *gen) {
+	if g.empty || g.killed {
+		return
+	}
+	g.killed = true
+	m.emit(Action{Kind: ActKill, Gen: g.n})
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerKillGrace, g.n}, At: now.Add(killGrace)})
+	m.watch(g)
+}
+
+// handedOver ends the deploy handing over from g once g listens no more.
+func (m *machine) handedOver(now time.Time, g *gen) {
+	d := m.deploy
+	if d == nil || d.stage != dHandingOver || d.old != g.n || (g.listening && !g.empty) {
+		return
+	}
+	m.finishDeploy(now, nil)
+}
+
+// finishDeploy ends the running deploy: its waiters get the result.
+func (m *machine) finishDeploy(now time.Time, err error) {
+	d := m.deploy
+	m.deploy = nil
+	res := Result{Generation: d.gen, OK: err == nil, Err: err, Started: d.began, Duration: now.Sub(d.began)}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	if err == nil && d.old != 0 {
+		m.log(slog.LevelInfo, "reload done", KeyGeneration, d.gen, KeyPID, m.gen(d.gen).pid, KeyDuration, res.Duration.Round(time.Millisecond))
+	}
+	m.answer(d.waiters, res)
+	if m.stopping {
+		return
+	}
+	status := "STATUS=no generation serving"
+	if m.serving != nil {
+		status = fmt.Sprintf("STATUS=generation %d serving (pid %d)", m.serving.n, m.serving.pid)
+	}
+	switch {
+	case !m.readySent && m.serving != nil:
+		m.readySent = true
+		m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("READY=1\nMAINPID=%d\n%s", m.cfg.PID, status)})
+	case m.readySent:
+		m.emit(Action{Kind: ActNotify, Text: "READY=1\n" + status})
+	}
+}
+
+func (m *machine) answer(waiters []chan<- Result, res Result) {
+	if res.Err != nil && res.Error == "" {
+		res.Error = res.Err.Error()
+	}
+	waiters = slices.DeleteFunc(slices.Clone(waiters), func(w chan<- Result) bool { return w == nil })
+	m.emit(Action{Kind: ActAnswer, Waiters: waiters, Result: res})
+}
+
+// failDeploy fails the running deploy with err: its generation is
+// killed, and the deploy ends once its group is empty, so that whoever
+// hears of the failure finds nothing of it left.
+func (m *machine) failDeploy(now time.Time, err error) {
+	d := m.deploy
+	g := m.gen(d.gen)
+	if g.stage == stStarting || g.stage == stChecking {
+		g.stage = stFailed
+	}
+	if g.pid == 0 {
+		g.empty, g.listening = true, false
+	}
+	m.kill(now, g)
+	m.emit(Action{Kind: ActSave})
+	msg := "generation failed"
+	if m.serving != nil {
+		msg = "generation failed; previous keeps serving"
+	}
+	m.log(slog.LevelError, msg, KeyGeneration, d.gen, KeyError, err, KeyDuration, now.Sub(d.began).Round(time.Millisecond))
+	d.stage, d.err = dFailing, err
+	if g.empty {
+		m.concludeFailure(now)
+	}
+}
+
+// concludeFailure ends a failed deploy whose generation is gone: its
+// waiters get the error; if nothing serves, that counts as a crash
+// (generation 1 of a run ends it instead).
+func (m *machine) concludeFailure(now time.Time) {
+	d := m.deploy
+	m.finishDeploy(now, d.err)
+	switch {
+	case m.serving != nil:
+		if d.first {
+			m.log(slog.LevelWarn, "new generation failed; the adopted instance keeps serving", KeyGeneration, m.serving.n, KeyPID, m.serving.pid)
+		}
+	case d.first && m.stopping:
+		m.exitErr = d.err
+	case m.stopping:
+	case d.first:
+		m.beginStop(now, d.err, fmt.Errorf("%w: generation %d failed: %w", ErrStopping, d.gen, d.err))
+	default:
+		m.crashed(now, fmt.Sprintf("generation %d failed while nothing serves", d.gen))
+	}
+}
+
+// exited handles EvExited: a generation's main process is gone.
+func (m *machine) exited(ev Event) {
+	g := m.gen(ev.Gen)
+	if g == nil || g.exited {
+		return
+	}
+	g.exited, g.status = true, ev.Status
+	switch g.stage {
+	case stServing:
+		g.stage, g.crashed = stFailed, true
+		m.serving = nil
+		m.kill(ev.Now, g) // leftovers of its group may hold the ports
+		m.emit(Action{Kind: ActSave})
+		// Gen set: the loop adds the instance's last stderr lines.
+		m.emit(Action{Kind: ActLog, Gen: g.n, Level: slog.LevelError, Msg: "serving instance exited",
+			Args: []any{KeyGeneration, g.n, KeyPID, g.pid, "status", g.status}})
+		if m.stopping {
+			return
+		}
+		m.crashed(ev.Now, fmt.Sprintf("generation %d exited (%s) while serving", g.n, g.status))
+	case stStarting:
+		// Its readiness check reports the exit, with its stderr.
+		m.kill(ev.Now, g)
+	case stDraining, stFailed:
+		// Its group empties, or its deadline kills it.
+	}
+}
+
+// crashed records a crash; over the limit it ends Run with ErrCrashLoop,
+// else it queues a restart: at once for the first crash in the window
+// (as soon as no older listener is open), then with a doubling backoff.
+// A deploy already starting will serve instead.
+func (m *machine) crashed(now time.Time, why string) {
+	m.crashes = append(m.crashes, now)
+	m.crashes = slices.DeleteFunc(m.crashes, func(t time.Time) bool { return now.Sub(t) > m.cfg.CrashWindow })
+	n := len(m.crashes)
+	if n > m.cfg.CrashLimit {
+		err := fmt.Errorf("%w: %d crashes within %v (limit %d)", ErrCrashLoop, n, m.cfg.CrashWindow, m.cfg.CrashLimit)
+		m.log(slog.LevelError, "giving up", KeyError, err)
+		m.beginStop(now, err, fmt.Errorf("%w: %w", ErrStopping, err))
+		return
+	}
+	if d := m.deploy; d != nil && d.stage < dHandingOver {
+		m.log(slog.LevelWarn, "no replacement: the generation that is starting will serve", "why", why, KeyGeneration, d.gen)
+		return
+	}
+	m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("STATUS=%s; restarting", why)})
+	delay := time.Duration(0)
+	if n > 1 {
+		delay = m.cfg.BackoffMin
+		for i := 2; i < n && delay < m.cfg.BackoffMax; i++ {
+			delay *= 2
+		}
+		delay = min(delay, m.cfg.BackoffMax)
+	}
+	q := m.queued
+	if q == nil {
+		q = &deploy{began: now}
+		m.queued = q
+	}
+	q.restart = true
+	if q.reload || delay == 0 {
+		q.notBefore = time.Time{}
+		m.log(slog.LevelWarn, "starting a replacement now, once no older generation listens", "why", why)
+		return
+	}
+	q.notBefore = now.Add(delay)
+	m.log(slog.LevelWarn, "restarting after a backoff", "why", why, "backoff", delay, "crashes", n)
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{Kind: TimerBackoff}, At: q.notBefore})
+}
+
+// groupEmpty handles EvGroupEmpty: nothing of g is left.
+func (m *machine) groupEmpty(ev Event) {
+	g := m.gen(ev.Gen)
+	if g == nil || g.empty {
+		return
+	}
+	g.empty, g.listening, g.exited = true, false, true
+	if g == m.serving {
+		// Not seen exiting first (an adopted instance): a crash.
+		m.exited(Event{Kind: EvExited, Now: ev.Now, Gen: g.n, Status: g.status})
+	}
+	if g.stage == stDraining || g.crashed {
+		lvl := slog.LevelInfo
+		if g.killed {
+			lvl = slog.LevelWarn
+		}
+		m.log(lvl, "instance exited", KeyGeneration, g.n, KeyPID, g.pid, "status", g.status, "killed", g.killed)
+	}
+	if g.stage == stDraining || g.stage == stServing {
+		g.stage = stExited
+	}
+	m.emit(Action{Kind: ActSave})
+	m.handedOver(ev.Now, g)
+	if d := m.deploy; d != nil && d.stage == dFailing && d.gen == g.n {
+		m.concludeFailure(ev.Now)
+	}
+	m.trim()
+}
+
+// trim forgets old generations that are gone, keeping the last few.
+func (m *machine) trim() {
+	const keep = 8
+	for len(m.gens) > keep {
+		i := slices.IndexFunc(m.gens, func(g *gen) bool { return g.empty && g != m.serving })
+		if i < 0 || (m.deploy != nil && m.gens[i].n == m.deploy.gen) {
+			return
+		}
+		m.gens = slices.Delete(m.gens, i, i+1)
+	}
+}
+
+func (m *machine) timer(ev Event) {
+	switch ev.Timer.Kind {
+	case TimerBackoff:
+		// advance begins the restart if it is due.
+	case TimerDrain:
+		if g := m.gen(ev.Timer.Gen); g != nil && g.stage == stDraining && !g.empty && !ev.Now.Before(g.deadline) {
+			m.log(slog.LevelWarn, "drain deadline passed: SIGKILL of its process group", KeyGeneration, g.n, KeyPID, g.pid)
+			m.kill(ev.Now, g)
+		}
+	case TimerKillGrace:
+		if g := m.gen(ev.Timer.Gen); g != nil && !g.empty && g.killed {
+			m.log(slog.LevelError, "process group still not empty after SIGKILL; no longer waiting for it",
+				KeyGeneration, g.n, KeyPID, g.pid, "waited", killGrace)
+			m.groupEmpty(Event{Kind: EvGroupEmpty, Now: ev.Now, Gen: g.n})
+		}
+	case TimerSlot:
+		q := m.queued
+		if q == nil || q.slotBy.IsZero() || ev.Now.Before(q.slotBy) || q.restart || m.draining() < m.cfg.MaxDraining {
+			return
+		}
+		m.queued = nil
+		err := fmt.Errorf("%w: %d generations still draining after %v (--max-draining %d)",
+			ErrTooManyDraining, m.draining(), m.cfg.ReadyTimeout, m.cfg.MaxDraining)
+		m.log(slog.LevelError, "reload refused", KeyError, err)
+		m.answer(q.waiters, Result{Generation: m.lastGen + 1, Err: err, Started: q.began, Duration: ev.Now.Sub(q.began)})
+	}
+}
+
+// beginStop stops everything: the serving generation drains, what was
+// starting is dropped, and every waiter is answered (queued ones with
+// answerErr). Run then returns exitErr once every group is empty.
+func (m *machine) beginStop(now time.Time, exitErr, answerErr error) {
+	m.stopping = true
+	m.exitErr = exitErr
+	m.emit(Action{Kind: ActNotify, Text: "STOPPING=1\nSTATUS=stopping"})
+	if q := m.queued; q != nil {
+		m.queued = nil
+		m.answer(q.waiters, Result{Err: answerErr, Started: q.began, Duration: now.Sub(q.began)})
+	}
+	if d := m.deploy; d != nil {
+		g := m.gen(d.gen)
+		switch d.stage {
+		case dChecking:
+			d.aborted = true
+			m.emit(Action{Kind: ActCancel, Gen: d.gen})
+			m.answer(d.waiters, Result{Generation: d.gen, Err: ErrStopping, Started: d.began, Duration: now.Sub(d.began)})
+			d.waiters = nil
+		case dChecked:
+			g.stage, g.empty, g.listening = stFailed, true, false
+			m.finishDeploy(now, ErrStopping)
+		case dStarting:
+			d.aborted = true
+			m.answer(d.waiters, Result{Generation: d.gen, Err: ErrStopping, Started: d.began, Duration: now.Sub(d.began)})
+			d.waiters = nil
+		case dWaitReady:
+			g.stage = stFailed
+			m.kill(now, g)
+			m.finishDeploy(now, ErrStopping)
+		case dHandingOver:
+			m.finishDeploy(now, nil) // it took over; it now stops with the rest
+		case dFailing:
+			m.concludeFailure(now)
+		}
+	}
+	if g := m.serving; g != nil {
+		m.serving = nil
+		m.retire(now, g)
+	}
+}
+
+// hurry SIGKILLs every group that may have a member.
+func (m *machine) hurry(now time.Time) {
+	for _, g := range m.gens {
+		if !g.empty && g.pid != 0 {
+			m.kill(now, g) // those killed already are on their way
+		}
+	}
+}
+
+// phase is where the supervisor is, as a whole: the rows of the matrix
+// test, which checks every event in every phase.
+type phase int
+
+const (
+	phaseStarting     phase = iota + 1 // a deploy waits to start its process: an older generation still listens (or before EvStart)
+	phaseChecking                      // a deploy resolves its command and runs --check
+	phaseWaitingReady                  // a deploy's process runs, not ready yet
+	phaseHandingOver                   // promoted; the old generation still has a listener open
+	phaseDraining                      // one serves; older ones drain in the background
+	phaseServing                       // one serves, nothing else runs
+	phaseBackoff                       // nothing serves; a restart waits for its backoff
+	phaseStopping                      // stop asked: everything drains, then Run returns
+)
+
+func (p phase) String() string {
+	return [...]string{"?", "starting", "checking", "waiting-ready", "handing-over", "draining", "serving", "backoff", "stopping"}[p]
+}
+
+func (m *machine) phase() phase {
+	switch {
+	case m.stopping:
+		return phaseStopping
+	case m.deploy != nil:
+		switch m.deploy.stage {
+		case dChecking:
+			return phaseChecking
+		case dStarting, dWaitReady, dFailing:
+			return phaseWaitingReady
+		case dHandingOver:
+			return phaseHandingOver
+		}
+		return phaseStarting
+	case m.queued != nil && m.queued.restart && !m.queued.notBefore.IsZero():
+		return phaseBackoff
+	case m.draining() > 0:
+		return phaseDraining
+	case m.serving != nil:
+		return phaseServing
+	}
+	return phaseStarting
+}

@@ -1,0 +1,312 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"flag"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var printMatrix = flag.Bool("print-matrix", false, "print the matrix cells as the machine computes them")
+
+// matrixSetups bring a machine into each phase. new, serving and old name
+// the generations the events are about (99: none such in that phase).
+var matrixSetups = []struct {
+	phase              phase
+	steps              []step
+	newG, serving, old int
+}{
+	{phaseStarting, seq(serving1, []step{
+		{ev: exitedEv(1), want: "kill 1; timer kill-grace/1; watch 1; checks 2"},
+		{ev: checked(2, nil), want: ""},
+	}), 2, 99, 1},
+	{phaseChecking, seq(serving1, []step{{ev: reload(w1), want: "checks 2"}}), 2, 1, 99},
+	{phaseWaitingReady, seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+	}), 2, 1, 99},
+	{phaseHandingOver, seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+		{ev: ready(2), want: "promote 2; stop 1; timer drain/1; watch 1"},
+	}), 99, 2, 1},
+	{phaseDraining, serving2draining1, 99, 2, 1},
+	{phaseServing, serving1, 99, 1, 99},
+	{phaseBackoff, seq(serving1, []step{
+		{ev: exitedEv(1), want: "kill 1; timer kill-grace/1; watch 1; checks 2"},
+		{ev: empty(1), want: ""},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+		{ev: ready(2), want: "promote 2"},
+		{ev: exitedEv(2), want: "kill 2; timer kill-grace/2; watch 2; timer backoff"},
+	}), 99, 99, 2},
+	{phaseStopping, seq(serving2draining1, []step{
+		{ev: stop(), want: "stop 2; timer drain/2; watch 2"},
+	}), 99, 99, 1},
+}
+
+// matrixEvents are the events of the matrix, made for a phase's roles.
+var matrixEvents = []struct {
+	name string
+	ev   func(newG, serving, old int) Event
+}{
+	{"reload", func(_, _, _ int) Event { return reload(w1) }},
+	{"stop", func(_, _, _ int) Event { return stop() }},
+	{"hurry", func(_, _, _ int) Event { return hurry() }},
+	{"checked new", func(n, _, _ int) Event { return checked(n, nil) }},
+	{"check refused new", func(n, _, _ int) Event { return checked(n, fmt.Errorf("%w: exit 1", ErrCheckFailed)) }},
+	{"started new", func(n, _, _ int) Event { return started(n) }},
+	{"start failed new", func(n, _, _ int) Event { return startFailed(n) }},
+	{"ready new", func(n, _, _ int) Event { return ready(n) }},
+	{"not ready new", func(n, _, _ int) Event { return notReady(n) }},
+	{"exited new", func(n, _, _ int) Event { return exitedEv(n) }},
+	{"exited serving", func(_, s, _ int) Event { return exitedEv(s) }},
+	{"exited old", func(_, _, o int) Event { return exitedEv(o) }},
+	{"listeners gone serving", func(_, s, _ int) Event { return gone(s) }},
+	{"listeners gone old", func(_, _, o int) Event { return gone(o) }},
+	{"group empty old", func(_, _, o int) Event { return empty(o) }},
+	{"timer backoff", func(_, _, _ int) Event { return fire(TimerBackoff, 0) }},
+	{"timer drain old", func(_, _, o int) Event { return fire(TimerDrain, o) }},
+	{"timer kill-grace old", func(_, _, o int) Event { return fire(TimerKillGrace, o) }},
+	{"timer slot", func(_, _, _ int) Event { return fire(TimerSlot, 0) }},
+}
+
+// matrixCells: for each phase and event, the actions and the phase after.
+// A cell missing here fails the test: every event is decided in every
+// phase. Timer events come an hour after the setup, past every deadline.
+var matrixCells = map[string]string{
+	"starting / reload":                      "- → starting",
+	"starting / stop":                        "- → stopping",
+	"starting / hurry":                       "- → stopping",
+	"starting / checked new":                 "- → starting",
+	"starting / check refused new":           "- → starting",
+	"starting / started new":                 "- → starting",
+	"starting / start failed new":            "- → starting",
+	"starting / ready new":                   "- → starting",
+	"starting / not ready new":               "- → starting",
+	"starting / exited new":                  "- → starting",
+	"starting / exited serving":              "- → starting",
+	"starting / exited old":                  "- → starting",
+	"starting / listeners gone serving":      "- → starting",
+	"starting / listeners gone old":          "start 2 → waiting-ready",
+	"starting / group empty old":             "start 2 → waiting-ready",
+	"starting / timer backoff":               "- → starting",
+	"starting / timer drain old":             "- → starting",
+	"starting / timer kill-grace old":        "start 2 → waiting-ready",
+	"starting / timer slot":                  "- → starting",
+	"checking / reload":                      "- → checking",
+	"checking / stop":                        "cancel 2; answer 2 stopping; stop 1; timer drain/1; watch 1 → stopping",
+	"checking / hurry":                       "cancel 2; answer 2 stopping; stop 1; timer drain/1; watch 1; kill 1; timer kill-grace/1 → stopping",
+	"checking / checked new":                 "start 2 → waiting-ready",
+	"checking / check refused new":           "answer 2 check-failed → serving",
+	"checking / started new":                 "- → checking",
+	"checking / start failed new":            "- → checking",
+	"checking / ready new":                   "- → checking",
+	"checking / not ready new":               "- → checking",
+	"checking / exited new":                  "- → checking",
+	"checking / exited serving":              "kill 1; timer kill-grace/1; watch 1 → checking",
+	"checking / exited old":                  "- → checking",
+	"checking / listeners gone serving":      "- → checking",
+	"checking / listeners gone old":          "- → checking",
+	"checking / group empty old":             "- → checking",
+	"checking / timer backoff":               "- → checking",
+	"checking / timer drain old":             "- → checking",
+	"checking / timer kill-grace old":        "- → checking",
+	"checking / timer slot":                  "- → checking",
+	"waiting-ready / reload":                 "- → waiting-ready",
+	"waiting-ready / stop":                   "kill 2; timer kill-grace/2; watch 2; answer 2 stopping; stop 1; timer drain/1; watch 1 → stopping",
+	"waiting-ready / hurry":                  "kill 2; timer kill-grace/2; watch 2; answer 2 stopping; stop 1; timer drain/1; watch 1; kill 1; timer kill-grace/1 → stopping",
+	"waiting-ready / checked new":            "- → waiting-ready",
+	"waiting-ready / check refused new":      "- → waiting-ready",
+	"waiting-ready / started new":            "- → waiting-ready",
+	"waiting-ready / start failed new":       "- → waiting-ready",
+	"waiting-ready / ready new":              "promote 2; stop 1; timer drain/1; watch 1 → handing-over",
+	"waiting-ready / not ready new":          "kill 2; timer kill-grace/2; watch 2 → waiting-ready",
+	"waiting-ready / exited new":             "kill 2; timer kill-grace/2; watch 2 → waiting-ready",
+	"waiting-ready / exited serving":         "kill 1; timer kill-grace/1; watch 1 → waiting-ready",
+	"waiting-ready / exited old":             "- → waiting-ready",
+	"waiting-ready / listeners gone serving": "- → waiting-ready",
+	"waiting-ready / listeners gone old":     "- → waiting-ready",
+	"waiting-ready / group empty old":        "- → waiting-ready",
+	"waiting-ready / timer backoff":          "- → waiting-ready",
+	"waiting-ready / timer drain old":        "- → waiting-ready",
+	"waiting-ready / timer kill-grace old":   "- → waiting-ready",
+	"waiting-ready / timer slot":             "- → waiting-ready",
+	"handing-over / reload":                  "- → handing-over",
+	"handing-over / stop":                    "answer 2 ok; stop 2; timer drain/2; watch 2 → stopping",
+	"handing-over / hurry":                   "answer 2 ok; stop 2; timer drain/2; watch 2; kill 1; timer kill-grace/1; kill 2; timer kill-grace/2 → stopping",
+	"handing-over / checked new":             "- → handing-over",
+	"handing-over / check refused new":       "- → handing-over",
+	"handing-over / started new":             "- → handing-over",
+	"handing-over / start failed new":        "- → handing-over",
+	"handing-over / ready new":               "- → handing-over",
+	"handing-over / not ready new":           "- → handing-over",
+	"handing-over / exited new":              "- → handing-over",
+	"handing-over / exited serving":          "kill 2; timer kill-grace/2; watch 2 → handing-over",
+	"handing-over / exited old":              "- → handing-over",
+	"handing-over / listeners gone serving":  "- → handing-over",
+	"handing-over / listeners gone old":      "answer 2 ok → draining",
+	"handing-over / group empty old":         "answer 2 ok → serving",
+	"handing-over / timer backoff":           "- → handing-over",
+	"handing-over / timer drain old":         "kill 1; timer kill-grace/1 → handing-over",
+	"handing-over / timer kill-grace old":    "- → handing-over",
+	"handing-over / timer slot":              "- → handing-over",
+	"draining / reload":                      "checks 3 → checking",
+	"draining / stop":                        "stop 2; timer drain/2; watch 2 → stopping",
+	"draining / hurry":                       "stop 2; timer drain/2; watch 2; kill 1; timer kill-grace/1; kill 2; timer kill-grace/2 → stopping",
+	"draining / checked new":                 "- → draining",
+	"draining / check refused new":           "- → draining",
+	"draining / started new":                 "- → draining",
+	"draining / start failed new":            "- → draining",
+	"draining / ready new":                   "- → draining",
+	"draining / not ready new":               "- → draining",
+	"draining / exited new":                  "- → draining",
+	"draining / exited serving":              "kill 2; timer kill-grace/2; watch 2; checks 3 → checking",
+	"draining / exited old":                  "- → draining",
+	"draining / listeners gone serving":      "- → draining",
+	"draining / listeners gone old":          "- → draining",
+	"draining / group empty old":             "- → serving",
+	"draining / timer backoff":               "- → draining",
+	"draining / timer drain old":             "kill 1; timer kill-grace/1 → draining",
+	"draining / timer kill-grace old":        "- → draining",
+	"draining / timer slot":                  "- → draining",
+	"serving / reload":                       "checks 2 → checking",
+	"serving / stop":                         "stop 1; timer drain/1; watch 1 → stopping",
+	"serving / hurry":                        "stop 1; timer drain/1; watch 1; kill 1; timer kill-grace/1 → stopping",
+	"serving / checked new":                  "- → serving",
+	"serving / check refused new":            "- → serving",
+	"serving / started new":                  "- → serving",
+	"serving / start failed new":             "- → serving",
+	"serving / ready new":                    "- → serving",
+	"serving / not ready new":                "- → serving",
+	"serving / exited new":                   "- → serving",
+	"serving / exited serving":               "kill 1; timer kill-grace/1; watch 1; checks 2 → checking",
+	"serving / exited old":                   "- → serving",
+	"serving / listeners gone serving":       "- → serving",
+	"serving / listeners gone old":           "- → serving",
+	"serving / group empty old":              "- → serving",
+	"serving / timer backoff":                "- → serving",
+	"serving / timer drain old":              "- → serving",
+	"serving / timer kill-grace old":         "- → serving",
+	"serving / timer slot":                   "- → serving",
+	"backoff / reload":                       "checks 3 → checking",
+	"backoff / stop":                         "- → stopping",
+	"backoff / hurry":                        "- → stopping",
+	"backoff / checked new":                  "- → backoff",
+	"backoff / check refused new":            "- → backoff",
+	"backoff / started new":                  "- → backoff",
+	"backoff / start failed new":             "- → backoff",
+	"backoff / ready new":                    "- → backoff",
+	"backoff / not ready new":                "- → backoff",
+	"backoff / exited new":                   "- → backoff",
+	"backoff / exited serving":               "- → backoff",
+	"backoff / exited old":                   "- → backoff",
+	"backoff / listeners gone serving":       "- → backoff",
+	"backoff / listeners gone old":           "- → backoff",
+	"backoff / group empty old":              "- → backoff",
+	"backoff / timer backoff":                "checks 3 → checking",
+	"backoff / timer drain old":              "checks 3 → checking",
+	"backoff / timer kill-grace old":         "checks 3 → checking",
+	"backoff / timer slot":                   "checks 3 → checking",
+	"stopping / reload":                      "answer 0 stopping → stopping",
+	"stopping / stop":                        "- → stopping",
+	"stopping / hurry":                       "kill 1; timer kill-grace/1; kill 2; timer kill-grace/2 → stopping",
+	"stopping / checked new":                 "- → stopping",
+	"stopping / check refused new":           "- → stopping",
+	"stopping / started new":                 "- → stopping",
+	"stopping / start failed new":            "- → stopping",
+	"stopping / ready new":                   "- → stopping",
+	"stopping / not ready new":               "- → stopping",
+	"stopping / exited new":                  "- → stopping",
+	"stopping / exited serving":              "- → stopping",
+	"stopping / exited old":                  "- → stopping",
+	"stopping / listeners gone serving":      "- → stopping",
+	"stopping / listeners gone old":          "- → stopping",
+	"stopping / group empty old":             "- → stopping",
+	"stopping / timer backoff":               "- → stopping",
+	"stopping / timer drain old":             "kill 1; timer kill-grace/1 → stopping",
+	"stopping / timer kill-grace old":        "- → stopping",
+	"stopping / timer slot":                  "- → stopping",
+}
+
+func TestMachineMatrix(t *testing.T) {
+	var printed []string
+	for _, setup := range matrixSetups {
+		for _, me := range matrixEvents {
+			key := setup.phase.String() + " / " + me.name
+			t.Run(key, func(t *testing.T) {
+				m := newMachine(testConfig)
+				now := t0
+				for i, s := range setup.steps {
+					now = now.Add(s.after)
+					ev := s.ev
+					ev.Now = now
+					if got := render(m.Step(ev), false); got != s.want {
+						t.Fatalf("setup step %d: %q, want %q", i, got, s.want)
+					}
+				}
+				if m.phase() != setup.phase {
+					t.Fatalf("setup reaches %v, want %v", m.phase(), setup.phase)
+				}
+				ev := me.ev(setup.newG, setup.serving, setup.old)
+				ev.Now = now
+				if ev.Kind == EvTimer {
+					ev.Now = now.Add(time.Hour)
+				}
+				acts := m.Step(ev)
+				invariants(t, m, acts)
+				got := render(acts, false)
+				if got == "" {
+					got = "-"
+				}
+				got += " → " + m.phase().String()
+				printed = append(printed, fmt.Sprintf("\t%q: %q,", key, got))
+				want, ok := matrixCells[key]
+				if !ok {
+					t.Errorf("no cell for %s (the machine does %q)", key, got)
+					return
+				}
+				if got != want {
+					t.Errorf("%s: got %q, want %q", key, got, want)
+				}
+			})
+		}
+	}
+	if *printMatrix {
+		fmt.Println(strings.Join(printed, "\n"))
+	}
+	for key := range matrixCells {
+		ph, ev, _ := strings.Cut(key, " / ")
+		if !slices.ContainsFunc(matrixSetups, func(s struct {
+			phase              phase
+			steps              []step
+			newG, serving, old int
+		}) bool {
+			return s.phase.String() == ph
+		}) || !slices.ContainsFunc(matrixEvents, func(e struct {
+			name string
+			ev   func(newG, serving, old int) Event
+		}) bool {
+			return e.name == ev
+		}) {
+			t.Errorf("cell %q names no phase or event of the matrix", key)
+		}
+	}
+	for p := phaseStarting; p <= phaseStopping; p++ {
+		if !slices.ContainsFunc(matrixSetups, func(s struct {
+			phase              phase
+			steps              []step
+			newG, serving, old int
+		}) bool {
+			return s.phase == p
+		}) {
+			t.Errorf("no setup for phase %v", p)
+		}
+	}
+}
