@@ -250,6 +250,10 @@ type runLoop struct {
 	// stop signal went, to name the processes outside the group (setsid, a
 	// daemonizing server) that still hold one once the group is empty.
 	stopSockets map[int]map[uint64]bool
+	// stopSent: when each generation's stop signal went. Its drain
+	// deadline counts from then, not from the event that decided it (the
+	// signal goes after a scan of /proc, slow on a loaded machine).
+	stopSent map[int]time.Time
 
 	mu   sync.Mutex
 	prep map[int]*prepared
@@ -271,7 +275,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}),
 		insts: map[int]*Instance{}, timers: map[TimerID]time.Time{},
 		cancels: map[int]context.CancelFunc{}, prep: map[int]*prepared{},
-		stopSockets: map[int]map[uint64]bool{},
+		stopSockets: map[int]map[uint64]bool{}, stopSent: map[int]time.Time{},
 	}
 	defer func() {
 		cancel()
@@ -417,12 +421,15 @@ func (l *runLoop) perform(a Action) {
 		s.log.Info("generation ready", KeyGeneration, a.Gen, KeyPID, in.PID, KeyDuration, time.Since(in.Started).Round(time.Millisecond))
 	case ActStop:
 		s.log.Info("draining", KeyGeneration, a.Gen, KeyPID, in.PID, "deadline", a.At.Round(time.Millisecond))
+		var sockets map[uint64]bool
 		if in.PGID > 0 && !in.Adopted {
-			l.stopSockets[a.Gen], _ = proc.GroupListenInodes(in.PGID)
+			sockets, _ = proc.GroupListenInodes(in.PGID)
 		}
 		if err := s.os.stop(in); err != nil {
 			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
 		}
+		l.stopSent[a.Gen] = s.now()
+		l.stopSockets[a.Gen] = sockets
 	case ActKill:
 		if in != nil {
 			if err := s.os.kill(in); err != nil {
@@ -437,7 +444,11 @@ func (l *runLoop) perform(a Action) {
 			})
 		}
 	case ActTimer:
-		l.timers[a.Timer] = a.At
+		at := a.At
+		if sent, ok := l.stopSent[a.Timer.Gen]; ok && a.Timer.Kind == TimerDrain {
+			at = later(at, sent.Add(s.cfg.Launch.DrainTimeout))
+		}
+		l.timers[a.Timer] = at
 	case ActAnswer:
 		for _, w := range a.Waiters {
 			select {
@@ -471,6 +482,13 @@ func (l *runLoop) perform(a Action) {
 		}
 		s.log.Log(context.Background(), a.Level, a.Msg, args...)
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // reportUntracked logs the processes outside gen's group that hold a
