@@ -92,14 +92,14 @@ func TestCoreFirstCrashRestartsAtOnce(t *testing.T) {
 func TestCoreGenerationOneFailsWhileReloadWaits(t *testing.T) {
 	e := newEnv(t)
 	e.setEnv("1", envMode+"=never-ready")
-	b := e.binary(e.runArgs("--ready-timeout", "2s")...)
-	waitFor(t, 5*time.Second, "control socket and generation 1 started", func() bool {
+	b := e.binary(e.runArgs("--ready-timeout", "8s")...)
+	waitFor(t, 8*time.Second, "control socket and generation 1 started", func() bool {
 		_, err := e.status()
 		return err == nil && len(e.aliveHelpers()) == 1
 	})
 	reload := make(chan int, 1)
 	go func() { c, _, _ := cli("reload", "--control", e.sock); reload <- c }()
-	if code := b.exitCode(t, 10*time.Second); code != exitNotReady {
+	if code := b.exitCode(t, 20*time.Second); code != exitNotReady {
 		t.Errorf("run: exit %d, want %d:\n%s", code, exitNotReady, b.out.String())
 	}
 	select {

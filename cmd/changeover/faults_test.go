@@ -242,6 +242,7 @@ func TestFaultOldIgnoresSIGTERM(t *testing.T) {
 	load.answeredBy(t, "during the reload", start, done, []string{v1, v2})
 	load.answeredBy(t, "after", done, time.Time{}, []string{v2}, v2)
 	t.Logf("requests cut by the SIGKILL of an instance that never drained: %d of %d", failed, sent)
+	waitFor(t, 5*time.Second, "the exit logged", func() bool { return strings.Contains(b.out.String(), "instance exited") })
 	out := b.out.String()
 	for _, w := range []string{"killed=true", "signal killed"} {
 		if !strings.Contains(out, w) {

@@ -163,6 +163,11 @@ func TestWrapperKeepsDrain(t *testing.T) {
 				t.Errorf("request in flight on generation 1 answered %q: the server was killed during its drain (reload took %v)", got, took.Round(time.Millisecond))
 			}
 			groupGone(t, st.Generations[0].PGID)
+			// The reload is done at the handover; the exit is logged once
+			// the group is seen empty.
+			waitFor(t, 5*time.Second, "generation 1's exit logged", func() bool {
+				return strings.Contains(p.stderr.String(), "msg=\"instance exited\" generation=1")
+			})
 			logs := p.stderr.String()
 			if !strings.Contains(logs, "msg=\"instance exited\" generation=1") || !strings.Contains(logs, "killed=false") {
 				t.Errorf("generation 1's drain not logged as a drain (killed=false):\n%s", logs)
@@ -186,7 +191,11 @@ func TestWrapperKeepsDrain(t *testing.T) {
 				t.Errorf("reload took %v, less than the drain deadline %v", took.Round(time.Millisecond), drain)
 			}
 			// The drain itself (SIGTERM to the group gone), not the reload,
-			// which includes generation 2's start.
+			// which includes generation 2's start. Logged once the group is
+			// seen empty, which may follow the reload's answer.
+			waitFor(t, 5*time.Second, "generation 1's exit logged", func() bool {
+				return strings.Contains(p.stderr.String(), "msg=\"instance exited\" generation=1")
+			})
 			checkKillTime(t, p.stderr.String(), 1, drain)
 			groupGone(t, st.Generations[0].PGID)
 			if syscall.Kill(server1, 0) == nil {

@@ -241,6 +241,7 @@ type gen struct {
 	watched   bool      // ActWatch was emitted
 	killed    bool      // ActKill was emitted while it was not empty
 	deadline  time.Time // drain deadline (stDraining)
+	stopped   time.Time // when its stop signal was decided (stDraining)
 	status    string    // how its main process ended
 }
 
@@ -608,6 +609,7 @@ func (m *machine) promote(now time.Time, d *deploy) {
 // retire sends g the stop signal and arms its drain deadline.
 func (m *machine) retire(now time.Time, g *gen) {
 	g.stage = stDraining
+	g.stopped = now
 	g.deadline = now.Add(m.cfg.DrainTimeout)
 	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
 	m.emit(Action{Kind: ActSave})
@@ -812,7 +814,11 @@ func (m *machine) groupEmpty(ev Event) {
 		if g.killed {
 			lvl = slog.LevelWarn
 		}
-		m.log(lvl, "instance exited", KeyGeneration, g.n, KeyPID, g.pid, "status", g.status, "killed", g.killed)
+		args := []any{KeyGeneration, g.n, KeyPID, g.pid, "status", g.status, "killed", g.killed}
+		if !g.stopped.IsZero() {
+			args = append(args, KeyDuration, ev.Now.Sub(g.stopped).Round(time.Millisecond)) // since its stop signal
+		}
+		m.log(lvl, "instance exited", args...)
 	}
 	if g.stage == stDraining || g.stage == stServing {
 		g.stage = stExited
