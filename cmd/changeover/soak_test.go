@@ -6,10 +6,13 @@ import (
 	"bufio"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/changeover-dev/changeover/internal/supervisor"
 )
 
 // envSoakReloads sets the number of reloads of TestSoakReloads, e.g.
@@ -103,6 +106,16 @@ func TestSoakReloads(t *testing.T) {
 		code, _, stderr := cli("reload", "--control", e.sock)
 		if code != 0 {
 			t.Fatalf("reload %d: exit %d: %s", i, code, stderr)
+		}
+		if i >= 10 && (i%10 == 0 || i == n) {
+			// A reload is done at the handover: measure once the old
+			// generation has left (it drains in the background).
+			waitFor(t, 10*time.Second, "no generation draining", func() bool {
+				st, err := e.status()
+				return err == nil && !slices.ContainsFunc(st.Generations, func(g supervisor.GenStatus) bool {
+					return g.State == supervisor.StateDraining
+				})
+			})
 		}
 		switch {
 		case i == 10:
