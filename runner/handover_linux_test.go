@@ -69,9 +69,6 @@ func serverMain() int {
 	protos.SetUnencryptedHTTP2(true)
 	protos.SetHTTP2(true)
 	srv := &http.Server{Handler: mux, Protocols: &protos}
-	if os.Getenv("TEST_NAIVE") == "1" {
-		return naiveServe(ctx, srv)
-	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("gen", gen)
 	opts := runner.Options{Logger: log}
 	if os.Getenv("TEST_BROKEN") == "1" {
@@ -101,45 +98,6 @@ func serverMain() int {
 	return 0
 }
 
-// naiveServe is the design without the handover, to show that the scenario
-// sees losses when there are some: SO_REUSEPORT, READY=1 at once, and
-// Shutdown as soon as SIGTERM arrives.
-func naiveServe(ctx context.Context, srv *http.Server) int {
-	ln, err := reuseport.Listen(ctx, "tcp", os.Getenv("TEST_ADDR"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	lns := []net.Listener{ln}
-	if tlsAddr := os.Getenv("TEST_TLS_ADDR"); tlsAddr != "" {
-		tln, err := reuseport.Listen(ctx, "tcp", tlsAddr)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		lns = append(lns, tls.NewListener(tln, serverTLSConfig()))
-	}
-	go func() {
-		<-ctx.Done()
-		srv.Shutdown(context.Background())
-	}()
-	c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
-	if err == nil {
-		c.Write([]byte("READY=1"))
-		c.Close()
-	}
-	errc := make(chan error, len(lns))
-	for _, l := range lns {
-		go func() { errc <- srv.Serve(l) }()
-	}
-	for range lns {
-		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-			return 1
-		}
-	}
-	return 0
-}
-
 // scenario is one load test: generations of serverMain on one address,
 // restarted under load from every client mode at once.
 type scenario struct {
@@ -147,7 +105,6 @@ type scenario struct {
 	Clients  int // per mode
 	Addr     string
 	TLSAddr  string // for the h2-tls mode
-	Naive    bool   // serve without runner (naiveServe)
 	Broken   bool   // before each restart, a generation that never gets ready comes and is killed
 	Progress int64  // answers per mode between restarts
 }
@@ -238,7 +195,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 		}
 	}()
 	start := func(gen int) (*proc, error) {
-		p, err := startServer(ctx, dir, s.Addr, s.TLSAddr, gen, s.Naive, false)
+		p, err := startServer(ctx, dir, s.Addr, s.TLSAddr, gen, false)
 		if p != nil {
 			procs = append(procs, p)
 		}
@@ -318,7 +275,7 @@ func (s scenario) run(ctx context.Context) (res result) {
 		if s.Broken {
 			// A broken new version: it listens beside the serving one but
 			// never becomes ready, and is killed while the load runs.
-			b, err := startServer(ctx, dir, s.Addr, s.TLSAddr, brokenGen+gen, false, true)
+			b, err := startServer(ctx, dir, s.Addr, s.TLSAddr, brokenGen+gen, true)
 			if b != nil {
 				procs = append(procs, b)
 			}
@@ -431,7 +388,7 @@ const brokenGen = 1000
 
 // startServer starts one generation and waits for its READY=1, or, for a
 // broken one (whose health handler always fails), until it listens.
-func startServer(ctx context.Context, dir, addr, tlsAddr string, gen int, naive, broken bool) (*proc, error) {
+func startServer(ctx context.Context, dir, addr, tlsAddr string, gen int, broken bool) (*proc, error) {
 	sock := filepath.Join(dir, fmt.Sprintf("notify-%d.sock", gen))
 	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
@@ -443,9 +400,6 @@ func startServer(ctx context.Context, dir, addr, tlsAddr string, gen int, naive,
 	p.cmd.Env = append(os.Environ(), "RUNNER_TEST_ROLE=server", "TEST_ADDR="+addr,
 		"NOTIFY_SOCKET="+sock, "CHANGEOVER_GENERATION="+strconv.Itoa(gen), "CHANGEOVER_DRAIN_TIMEOUT=20s",
 		"TEST_TLS_ADDR="+tlsAddr)
-	if naive {
-		p.cmd.Env = append(p.cmd.Env, "TEST_NAIVE=1")
-	}
 	if broken {
 		p.cmd.Env = append(p.cmd.Env, "TEST_BROKEN=1")
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -225,12 +226,15 @@ func TestKeepAliveClosesAfterNextResponse(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
-	var conns int
-	trace := func() *http.Request {
-		req, _ := http.NewRequest("GET", "http://"+s.addr+"/", nil)
-		return req
+	// get asks on c and says whether the request went on a connection the
+	// client already had (httptrace GotConn).
+	get := func() (resp *http.Response, reused bool, err error) {
+		trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", "http://"+s.addr+"/", nil)
+		resp, err = c.Do(req)
+		return resp, reused, err
 	}
-	resp, err := c.Do(trace())
+	resp, _, err := get()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,16 +243,18 @@ func TestKeepAliveClosesAfterNextResponse(t *testing.T) {
 	if resp.Close {
 		t.Fatal("Connection: close before draining")
 	}
-	conns++
 	s.stop()
 	<-s.r.Draining()
 	// The drain waits for this connection (window 10s), so it is still open.
-	resp, err = c.Do(trace())
+	resp, reused, err := get()
 	if err != nil {
 		t.Fatalf("request on the kept-alive connection during the drain: %v", err)
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if !reused {
+		t.Fatal("the request during the drain went on a new connection, not the kept-alive one")
+	}
 	if !resp.Close {
 		t.Fatal("response during the drain lacks Connection: close")
 	}

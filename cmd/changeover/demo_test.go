@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,7 +23,12 @@ import (
 func buildDemo(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "demo")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// go test puts its own GOROOT/bin first in PATH, so this is the go
+	// command that runs the test (runtime.GOROOT is deprecated).
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go, to build cmd/demo: %v", err)
+	}
 	if out, err := exec.Command(gobin, "build", "-o", path, "../demo").CombinedOutput(); err != nil {
 		t.Fatalf("build cmd/demo: %v\n%s", err, out)
 	}

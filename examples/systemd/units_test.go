@@ -25,7 +25,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,7 +113,12 @@ const demoBinary = "usr/local/lib/changeover-test/demo"
 func buildBinaries(t *testing.T) (changeover, demo string) {
 	t.Helper()
 	dir := t.TempDir()
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	// go test puts its own GOROOT/bin first in PATH, so this is the go
+	// command that runs the test (runtime.GOROOT is deprecated).
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go, to build changeover and the demo: %v", err)
+	}
 	for _, pkg := range []string{"changeover", "demo"} {
 		cmd := exec.Command(gobin, "build", "-o", filepath.Join(dir, pkg), "../../cmd/"+pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
