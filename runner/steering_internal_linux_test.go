@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -226,6 +227,14 @@ func TestListenRefusesNonTCP(t *testing.T) {
 			}
 			if err == nil {
 				t.Fatalf("Listen(%q, %q) succeeded; want an error", tc.network, tc.addr)
+			}
+			// The refusal itself, not whatever fails first without it: on
+			// 6.18, setsockopt(SO_REUSEPORT) on "unix" (EOPNOTSUPP), and
+			// net.ListenConfig.Listen on "udp" and "ip4:icmp" ("unexpected
+			// address type"), which any error would have accepted.
+			const want = "only TCP listeners (tcp, tcp4, tcp6) are handed over"
+			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), tc.network) {
+				t.Fatalf("Listen(%q, %q): %v; want the error to say %q and name %q", tc.network, tc.addr, err, want, tc.network)
 			}
 			t.Logf("%v", err)
 		})
