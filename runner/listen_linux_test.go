@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/changeover-dev/changeover/reuseport"
 	"github.com/changeover-dev/changeover/runner"
@@ -113,5 +116,85 @@ func TestListenRefusesOverlappingListener(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRefusedOverlappingListenLosesNothing: a refused Listen must not have
+// listened. A socket on 127.0.0.1:P beside a listener on 0.0.0.0:P is a
+// group of its own that the kernel prefers for connections to 127.0.0.1,
+// so for as long as it listens it takes them all, and closing it resets
+// those it has not accepted. Clients connect to 127.0.0.1:P while a loop
+// of 200 Listens on that address is refused; every connection must be
+// answered by the listener on 0.0.0.0:P.
+func TestRefusedOverlappingListenLosesNothing(t *testing.T) {
+	const attempts = 200
+	holder, err := reuseport.Listen(context.Background(), "tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	go func() {
+		for {
+			c, err := holder.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("x"))
+			c.Close()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(holder.Addr().String())
+	addr := "127.0.0.1:" + port
+
+	var answered, lost atomic.Int64
+	var firstLoss atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err == nil {
+					c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					_, err = c.Read(make([]byte, 1))
+					c.Close()
+				}
+				if err != nil {
+					lost.Add(1)
+					firstLoss.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				answered.Add(1)
+			}
+		})
+	}
+	refused := 0
+	for range attempts {
+		r := quietRunner(runner.Options{})
+		ln, err := r.Listen(context.Background(), "tcp", addr)
+		if ln != nil {
+			ln.Close()
+		}
+		if errors.Is(err, runner.ErrOverlappingListener) {
+			refused++
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d of %d Listens refused; clients: %d answered, %d lost", refused, attempts, answered.Load(), lost.Load())
+	if refused != attempts {
+		t.Errorf("%d of %d Listens refused; want all", refused, attempts)
+	}
+	if answered.Load() == 0 {
+		t.Errorf("no client was answered: the load did not run")
+	}
+	if lost.Load() > 0 {
+		t.Errorf("%d connections lost while Listens were refused (first: %v); want 0", lost.Load(), firstLoss.Load())
 	}
 }
