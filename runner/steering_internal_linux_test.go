@@ -240,3 +240,30 @@ func TestListenRefusesNonTCP(t *testing.T) {
 		})
 	}
 }
+
+// TestListenChecksOverlapAgainAfterListening: Listen refuses an
+// overlapping address before binding, from a sock_diag dump; a neighbour
+// that binds between that dump and our listen is still refused by the
+// check after listening (here the first dump does not show it).
+func TestListenChecksOverlapAgainAfterListening(t *testing.T) {
+	holder := plainListen(t, "0.0.0.0:0")
+	_, port, _ := net.SplitHostPort(holder.Addr().String())
+	r := New(Options{Logger: discardLog})
+	var calls atomic.Int32
+	r.listSockets = func() ([]reuseport.Socket, error) {
+		if calls.Add(1) == 1 {
+			return nil, nil // the neighbour is not there yet
+		}
+		return reuseport.ListeningSockets()
+	}
+	ln, err := r.Listen(context.Background(), "tcp", "127.0.0.1:"+port)
+	if ln != nil {
+		ln.Close()
+	}
+	if !errors.Is(err, ErrOverlappingListener) {
+		t.Fatalf("Listen beside %s with the neighbour missing from the first dump: %v; want ErrOverlappingListener", holder.Addr(), err)
+	}
+	if calls.Load() < 2 {
+		t.Fatalf("%d sock_diag dumps; want one before binding and one after", calls.Load())
+	}
+}
