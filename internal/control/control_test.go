@@ -8,8 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/changeover-dev/changeover/internal/private"
 )
 
 func TestListenCallAndStale(t *testing.T) {
@@ -104,5 +108,69 @@ func TestListenNeverUnlinksLive(t *testing.T) {
 	after, err := os.Stat(path)
 	if err != nil || !os.SameFile(before, after) {
 		t.Errorf("the live supervisor's socket %s was replaced or removed (%v)", path, err)
+	}
+}
+
+// TestSecurityListenNeverChmodsSharedDir: Listen in a sticky directory
+// writable by all (as /tmp) leaves its mode alone, and a directory of ours
+// that others can write without the sticky bit is refused, not chmodded.
+// (Issue 11 review: as root, --control /tmp/x.sock made /tmp 0700.) A
+// socket or lock of another user in the sticky directory is refused.
+func TestSecurityListenNeverChmodsSharedDir(t *testing.T) {
+	shared := t.TempDir()
+	if err := os.Chmod(shared, os.ModePerm|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Listen(filepath.Join(shared, "x.sock"))
+	if err != nil {
+		t.Fatalf("Listen in a sticky shared directory: %v", err)
+	}
+	srv.Close()
+	if fi, err := os.Stat(shared); err != nil || fi.Mode()&(os.ModePerm|os.ModeSticky) != os.ModePerm|os.ModeSticky {
+		t.Errorf("sticky shared directory mode after Listen: %v (%v), want drwxrwxrwt", fi.Mode(), err)
+	}
+
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if srv, err := Listen(filepath.Join(open, "x.sock")); err == nil {
+		srv.Close()
+		t.Errorf("Listen in a directory writable by others (not sticky) succeeded")
+	}
+	if fi, err := os.Stat(open); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Errorf("open directory mode after Listen: %v (%v), want 0777 untouched", fi.Mode(), err)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another user needs root")
+	}
+	for _, planted := range []string{"y.sock.lock", "z.sock"} {
+		p := filepath.Join(shared, planted)
+		if planted == "z.sock" {
+			ln, err := net.Listen("unix", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln.(*net.UnixListener).SetUnlinkOnClose(false)
+			ln.Close()
+		} else if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		sock := strings.TrimSuffix(p, ".lock")
+		if srv, err := Listen(sock); err == nil {
+			srv.Close()
+			t.Errorf("Listen at %s beside %s of uid 65534 succeeded", sock, p)
+		} else if !errors.Is(err, private.ErrNotPrivate) {
+			t.Errorf("Listen at %s beside %s of uid 65534: %v, want ErrNotPrivate", sock, p, err)
+		}
+		if fi, err := os.Lstat(p); err != nil {
+			t.Errorf("%s of another user was removed: %v", p, err)
+		} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 {
+			t.Errorf("%s now owned by %d", p, st.Uid)
+		}
 	}
 }
