@@ -209,8 +209,11 @@
 // # Control socket
 //
 // A unix socket created 0600 in a directory that only its owner can write
-// (created 0700; a sticky directory such as /tmp is accepted; a directory
-// of another user is refused). Only peers (SO_PEERCRED) with the
+// (created 0700 if missing; an existing directory's mode is never changed).
+// A directory that others can write is accepted only with the sticky bit,
+// as /tmp, and then a socket or PATH.lock of another user found there is
+// refused, never replaced; without the sticky bit it is refused, as is a
+// directory of another user. Only peers (SO_PEERCRED) with the
 // supervisor's UID or root may reload or stop. A live supervisor holds a
 // flock on PATH.lock beside the socket; a second one is refused (exit 1,
 // naming it), and a socket file left by a killed supervisor, whose lock is

@@ -69,8 +69,9 @@ type Server struct {
 }
 
 // Listen creates the socket at path. The directory is created 0700 if
-// missing; it must be owned by the user (a directory of ours that others
-// can write is made 0700) or be a sticky directory such as /tmp.
+// missing; it must be owned by the user and writable by no one else, or be
+// a sticky directory such as /tmp (then the socket and lock files found
+// there must be the user's). An existing directory's mode is never changed.
 //
 // Who holds the socket is decided by a lock, not by dialing it: Listen takes
 // an exclusive flock on PATH.lock (created beside it, kept afterwards) and
@@ -85,17 +86,14 @@ func Listen(path string) (*Server, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("control socket directory %s: %w", dir, err)
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("control socket directory %s: %w", dir, err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() && fi.Mode().Perm()&0o022 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("control socket directory %s is writable by others: %w", dir, err)
-		}
-	}
+	// A directory is never chmodded here: MkdirAll made a missing one
+	// 0700, and one that existed is someone's choice (as root, chmodding
+	// a shared /tmp to 0700 broke every other user of it). One that others
+	// can write is accepted only with the sticky bit, where others cannot
+	// remove or replace our files, and our socket and lock are checked to
+	// be ours.
 	if err := private.CheckDir(dir, private.DirOptions{Sticky: true}); err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, fmt.Errorf("control socket: %w (use a directory of your own, such as the default %s, or one with the sticky bit, such as /tmp)", err, DefaultDir())
 	}
 	lock, err := lockFile(path + ".lock")
 	if err != nil {
@@ -105,6 +103,12 @@ func Listen(path string) (*Server, error) {
 		if fi.Mode().Type() != os.ModeSocket {
 			lock.Close()
 			return nil, fmt.Errorf("control socket path %s exists and is not a socket", path)
+		}
+		// In a sticky shared directory, a socket of another user is not
+		// a stale one of ours (root could unlink it).
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+			lock.Close()
+			return nil, fmt.Errorf("%w: control socket %s belongs to another user; not replacing it", private.ErrNotPrivate, path)
 		}
 		if err := os.Remove(path); err != nil {
 			lock.Close()
