@@ -4,7 +4,6 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -787,15 +786,6 @@ func (p *poller) wait(ctx context.Context) bool {
 	case <-time.After(p.d):
 		return true
 	}
-}
-
-// groupGone reports whether no process is left in pgid: kill(-pgid, 0)
-// fails with ESRCH (one system call), or only zombies are left.
-func groupGone(pgid int) bool {
-	if err := unix.Kill(-pgid, 0); errors.Is(err, unix.ESRCH) {
-		return true
-	}
-	return len(proc.GroupMembers(pgid)) == 0
 }
 
 // listenersGone returns once no process of in's group listens on a shared
