@@ -38,7 +38,7 @@ import (
 // them.
 
 // envRealServerReloads overrides the number of reloads per server (the
-// README's figures come from 20).
+// figures in docs/real-servers.md come from 20).
 const envRealServerReloads = "CHANGEOVER_REALSERVER_RELOADS"
 
 // realServer is how a test runs one server.

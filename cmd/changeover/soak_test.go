@@ -72,7 +72,7 @@ func settledUsage(t *testing.T, want *supervisorUsage) supervisorUsage {
 }
 
 // soakRSSGrowth is the most RSS may grow from reload 10 to any later
-// checkpoint: the bound the README states.
+// checkpoint: the bound docs/failure-modes.md states.
 const soakRSSGrowth = 0.25
 
 // TestSoakReloads reloads the helper server many times under the in-process
