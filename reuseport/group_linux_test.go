@@ -163,21 +163,33 @@ func TestSlotProgram(t *testing.T) {
 		})
 	}
 
-	// A route with a source port: only that port.
-	c, err := net.ListenPacket("udp", "127.0.0.1:0") // any free port number to name
+	// A route with a source port: only that port. The client's TCP socket
+	// is bound first, to port 0, so the kernel picks a port no TCP socket
+	// holds; it connects once the program names that port. (A port freed
+	// by a UDP socket can be held by TCP in this shared namespace: the bind
+	// then failed with EADDRINUSE.) While it stays bound, the other
+	// clients' connect cannot be given its port: the kernel skips ports
+	// held by an explicit bind when it picks one for connect.
+	cfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Close()
-	sport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	defer unix.Close(cfd)
+	if err := unix.Bind(cfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind the client to 127.0.0.1:0: %v", err)
+	}
+	csa, err := unix.Getsockname(cfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sport := uint16(csa.(*unix.SockaddrInet4).Port)
 	attach(l0, slotRule{Serving: []uint32{1}, Routes: []route{{Src: netip.MustParseAddr("127.0.0.1"), Port: sport, Slots: []uint32{0}}}})
 	onlyOn(t, "other ports", landing(t, none, netip.MustParseAddr("127.0.0.1"), addr, 3, l0, l1), 1)
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(sport)}, Timeout: 5 * time.Second}
-	pc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	dst := netip.MustParseAddrPort(addr)
+	// A blocking connect on loopback: the listeners' queues have room.
+	if err := unix.Connect(cfd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())}); err != nil {
+		t.Fatalf("connect from port %d to %s: %v", sport, addr, err)
 	}
-	defer pc.Close()
 	if got := dialAndCount(t, addr, 0, l0, l1); got[0] != 1 || got[1] != 0 {
 		t.Fatalf("from port %d: queues %v, want [1 0]", sport, got)
 	}
