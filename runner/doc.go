@@ -33,11 +33,13 @@
 //  2. if another member shares the listener's address, steers the group to it
 //     (reuseport.Steer(l, 1): the old instance is member 0 since it joined
 //     first), keeps accepting until its accept queue is empty and every
-//     connection that was half-open at the steering has left SYN_RECV or has
-//     had its SYN-ACK retransmitted (its peer has not answered for a
-//     retransmission timeout, 1 s: a scanner, a spoofed source, a vanished
-//     client, which would otherwise hold the drain for a minute), twice in a
-//     row a few milliseconds apart, and only then closes the listener
+//     connection that was half-open at the steering has left SYN_RECV or
+//     was seen 250 ms ago with its SYN-ACK retransmitted (its peer has not
+//     answered for a retransmission timeout, 1 s, plus a generous round
+//     trip: a scanner, a spoofed source, a vanished client, which would
+//     otherwise hold the drain for a minute; a client whose first SYN-ACK
+//     was lost answers the retransmitted one within that grace), twice in
+//     a row a few milliseconds apart, and only then closes the listener
 //     itself; alone on the address, it closes the listener at once;
 //  3. waits for Serve to return, so that every accepted connection is known;
 //  4. waits until its HTTP/1.x connections are gone or KeepAliveWindow has

@@ -418,30 +418,45 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 	log.Info("handed over", "addr", l.addr, "pid", os.Getpid(), "duration", time.Since(start))
 }
 
+// retransmitGrace is how long waitQuiet keeps waiting for a half-open
+// connection after it has seen its SYN-ACK retransmitted: one generous round
+// trip, for a client whose first SYN-ACK was lost and that answers the
+// retransmitted one.
+const retransmitGrace = 250 * time.Millisecond
+
 // waitQuiet waits until l's accept queue is empty and none of the
 // connections that were half-open when it started is still waiting, twice
 // in a row (a connection leaves SYN_RECV a moment before it enters the
 // accept queue), or until deadline. Serve keeps accepting meanwhile. It
 // returns what was still waiting at the deadline.
 //
-// A half-open connection is waited for until it completes or until the
-// kernel has retransmitted its SYN-ACK once, whichever is first. A peer
-// that has not sent the final ACK one retransmission timeout (1 s) after
-// the SYN-ACK is most likely never going to: a port scanner, a spoofed
-// source, a client that vanished. Such request sockets live for about a
-// minute (five retransmissions), there is nearly always one on a host that
-// faces the Internet, and sock_diag does not say which listener of the
-// group holds them (no inode), so waiting for them would hold every drain
-// to its deadline. The cost: a client whose final ACK was lost and comes
-// back only after the retransmission is reset when the listener closes,
-// unless tcp_migrate_req=1 moves its request to the new instance.
+// A half-open connection is waited for until it completes, or until
+// retransmitGrace (250 ms) after waitQuiet first sees that the kernel has
+// retransmitted its SYN-ACK, whichever is first; one already retransmitted
+// when the wait starts gets the same grace. A peer that has not sent the
+// final ACK one retransmission timeout (1 s) after the SYN-ACK is most
+// likely never going to: a port scanner, a spoofed source, a client that
+// vanished. Such request sockets live for about a minute (five
+// retransmissions), there is nearly always one on a host that faces the
+// Internet, and sock_diag does not say which listener of the group holds
+// them (no inode), so waiting for them would hold every drain to its
+// deadline. A real client whose first SYN-ACK was lost answers the
+// retransmitted one a round trip later, within the grace. The cost: a
+// client that answers later still (its final ACK lost too, or a round trip
+// over about 250 ms) is reset when the listener closes, unless tcp_migrate_req=1
+// moves its request to the new instance.
 func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
-	waiting := map[netip.AddrPort]bool{}
+	// waiting maps each peer half-open at the start to when its SYN-ACK
+	// was first seen retransmitted (zero: not yet).
+	waiting := map[netip.AddrPort]time.Time{}
 	if before, err := reuseport.HalfOpen(l.addr); err == nil {
+		now := time.Now()
 		for peer, c := range before {
-			if c.Retransmits == 0 {
-				waiting[peer] = true
+			var retransmitted time.Time
+			if c.Retransmits > 0 {
+				retransmitted = now
 			}
+			waiting[peer] = retransmitted
 		}
 	}
 	quiet := 0
@@ -455,11 +470,20 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 		if len(waiting) > 0 {
 			now, err := reuseport.HalfOpen(l.addr)
 			if err == nil {
-				for peer := range waiting {
-					if c, ok := now[peer]; ok && c.Retransmits == 0 {
+				for peer, retransmitted := range waiting {
+					c, ok := now[peer]
+					switch {
+					case !ok:
+						delete(waiting, peer) // completed (or given up on by the kernel)
+					case c.Retransmits == 0:
 						halfOpen++
-					} else {
-						delete(waiting, peer) // completed, or given up on
+					case retransmitted.IsZero():
+						waiting[peer] = time.Now()
+						halfOpen++
+					case time.Since(retransmitted) < retransmitGrace:
+						halfOpen++
+					default:
+						delete(waiting, peer) // given up on
 					}
 				}
 			}
