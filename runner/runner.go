@@ -94,6 +94,9 @@ type Runner struct {
 	// listSockets is reuseport.ListeningSockets (a sock_diag dump); tests
 	// replace it to see what happens around the dumps, or to make them fail.
 	listSockets func() ([]reuseport.Socket, error)
+	// halfOpen is reuseport.HalfOpen (a sock_diag dump of SYN_RECV
+	// requests); tests replace it to make it fail.
+	halfOpen func(netip.AddrPort) (map[netip.AddrPort]reuseport.HalfOpenConn, error)
 
 	ready      chan struct{}
 	draining   chan struct{}
@@ -121,6 +124,7 @@ func New(opts Options) *Runner {
 		log:         opts.Logger,
 		listeners:   map[net.Listener]*listener{},
 		listSockets: reuseport.ListeningSockets,
+		halfOpen:    reuseport.HalfOpen,
 		ready:       make(chan struct{}),
 		draining:    make(chan struct{}),
 	}
@@ -215,7 +219,8 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		ap := tl.Addr().(*net.TCPAddr).AddrPort()
 		self = reuseport.Socket{Addr: netip.AddrPortFrom(ap.Addr().WithZone(""), ap.Port())}
 	}
-	ln := &listener{TCPListener: tl, self: self, addr: self.Addr, steer: steer, listSockets: r.listSockets}
+	ln := &listener{TCPListener: tl, self: self, addr: self.Addr, steer: steer,
+		listSockets: r.listSockets, halfOpen: r.halfOpen}
 	socks, err := ln.findOlder()
 	if err != nil {
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)

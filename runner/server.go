@@ -31,7 +31,8 @@ type listener struct {
 	steer bool             // the group has our steering program
 	owned bool             // served by ServeHTTP (else by an actor)
 
-	listSockets func() ([]reuseport.Socket, error) // Runner.listSockets
+	listSockets func() ([]reuseport.Socket, error)                                      // Runner.listSockets
+	halfOpen    func(netip.AddrPort) (map[netip.AddrPort]reuseport.HalfOpenConn, error) // Runner.halfOpen
 
 	// older holds the inodes of the members that were in the group when we
 	// joined. While one of them is there, we are not member 0 and the
@@ -449,7 +450,7 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 	// waiting maps each peer half-open at the start to when its SYN-ACK
 	// was first seen retransmitted (zero: not yet).
 	waiting := map[netip.AddrPort]time.Time{}
-	if before, err := reuseport.HalfOpen(l.addr); err == nil {
+	if before, err := l.halfOpen(l.addr); err == nil {
 		now := time.Now()
 		for peer, c := range before {
 			var retransmitted time.Time
@@ -468,7 +469,7 @@ func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
 		queued, _ = reuseport.AcceptQueueLen(l)
 		halfOpen = 0
 		if len(waiting) > 0 {
-			now, err := reuseport.HalfOpen(l.addr)
+			now, err := l.halfOpen(l.addr)
 			if err == nil {
 				for peer, retransmitted := range waiting {
 					c, ok := now[peer]

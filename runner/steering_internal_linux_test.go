@@ -3,6 +3,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -265,5 +266,59 @@ func TestListenChecksOverlapAgainAfterListening(t *testing.T) {
 	}
 	if calls.Load() < 2 {
 		t.Fatalf("%d sock_diag dumps; want one before binding and one after", calls.Load())
+	}
+}
+
+// TestWaitQuietDiagErrorIsNotQuiet: while the sock_diag dump of half-open
+// connections fails, the listener is not known to be quiet: the drain keeps
+// accepting until the dump works again or the deadline passes, and says
+// once that it cannot see them (a failed dump used to count as "no
+// connection half-open", and the listener closed on a client mid-handshake).
+func TestWaitQuietDiagErrorIsNotQuiet(t *testing.T) {
+	peer := netip.MustParseAddrPort("192.0.2.7:40000") // half-open at the steering
+	for _, tc := range []struct {
+		name     string
+		failures int // dumps that fail after the first; -1: all of them
+	}{
+		{"failing-until-the-deadline", -1},
+		{"failing-then-working", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(Options{Logger: discardLog})
+			ln, err := r.Listen(context.Background(), "tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			plainListen(t, ln.Addr().String()) // the next version, member 1
+			l := r.listeners[ln]
+			var calls atomic.Int32
+			l.halfOpen = func(netip.AddrPort) (map[netip.AddrPort]reuseport.HalfOpenConn, error) {
+				n := int(calls.Add(1))
+				switch {
+				case n == 1:
+					return map[netip.AddrPort]reuseport.HalfOpenConn{peer: {}}, nil
+				case tc.failures < 0 || n <= 1+tc.failures:
+					return nil, fmt.Errorf("sock_diag dump: %w", errors.New("no buffer space available (injected)"))
+				}
+				return map[netip.AddrPort]reuseport.HalfOpenConn{}, nil // it completed
+			}
+			var logs bytes.Buffer
+			const budget = 400 * time.Millisecond
+			begin := time.Now()
+			l.steerAway(begin.Add(budget), slog.New(slog.NewTextHandler(&logs, nil)))
+			took := time.Since(begin)
+			warned := strings.Count(logs.String(), "cannot list half-open connections")
+			t.Logf("%d dumps, steerAway returned after %v (budget %v), %d warnings:\n%s", calls.Load(), took.Round(time.Millisecond), budget, warned, logs.String())
+			if warned != 1 {
+				t.Errorf("%d warnings about the failed dump, want 1", warned)
+			}
+			if tc.failures < 0 && took < budget {
+				t.Errorf("steerAway returned after %v with every dump failing: a failed dump counted as quiet (budget %v)", took, budget)
+			}
+			if tc.failures >= 0 && calls.Load() < int32(2+tc.failures) {
+				t.Errorf("%d dumps: steerAway did not wait for a working one", calls.Load())
+			}
+		})
 	}
 }
