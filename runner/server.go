@@ -411,7 +411,7 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 		return
 	}
 	start := time.Now()
-	queued, halfOpen := waitQuiet(l, deadline)
+	queued, halfOpen := waitQuiet(l, deadline, log)
 	if queued+halfOpen > 0 {
 		log.Warn("drain deadline passed before the listener was quiet", "addr", l.addr,
 			"queued", queued, "half_open", halfOpen)
@@ -429,7 +429,9 @@ const retransmitGrace = 250 * time.Millisecond
 // connections that were half-open when it started is still waiting, twice
 // in a row (a connection leaves SYN_RECV a moment before it enters the
 // accept queue), or until deadline. Serve keeps accepting meanwhile. It
-// returns what was still waiting at the deadline.
+// returns what was still waiting at the deadline. A read that fails (the
+// sock_diag dump, the queue's TCP_INFO) makes the listener not quiet: it
+// is logged once and retried at each poll, until the deadline.
 //
 // A half-open connection is waited for until it completes, or until
 // retransmitGrace (250 ms) after waitQuiet first sees that the kernel has
@@ -446,50 +448,89 @@ const retransmitGrace = 250 * time.Millisecond
 // client that answers later still (its final ACK lost too, or a round trip
 // over about 250 ms) is reset when the listener closes, unless tcp_migrate_req=1
 // moves its request to the new instance.
-func waitQuiet(l *listener, deadline time.Time) (queued, halfOpen int) {
+func waitQuiet(l *listener, deadline time.Time, log *slog.Logger) (queued, halfOpen int) {
 	// waiting maps each peer half-open at the start to when its SYN-ACK
-	// was first seen retransmitted (zero: not yet).
-	waiting := map[netip.AddrPort]time.Time{}
-	if before, err := l.halfOpen(l.addr); err == nil {
-		now := time.Now()
-		for peer, c := range before {
-			var retransmitted time.Time
-			if c.Retransmits > 0 {
-				retransmitted = now
-			}
-			waiting[peer] = retransmitted
+	// was first seen retransmitted (zero: not yet). It is nil until a dump
+	// has worked: while the dumps fail (a netlink hiccup, ENOBUFS), nobody
+	// knows what is half-open, so the listener is not quiet; the wait is
+	// still bounded by the deadline.
+	var waiting map[netip.AddrPort]time.Time
+	failed := map[string]int{} // failures per kind of read
+	fail := func(what string, err error) {
+		failed[what]++
+		if failed[what] == 1 {
+			log.Warn("cannot "+what+"; the listener is not known to be quiet, retrying until the deadline",
+				"addr", l.addr, "err", err)
 		}
 	}
+	dump := func() map[netip.AddrPort]reuseport.HalfOpenConn {
+		now, err := l.halfOpen(l.addr)
+		if err != nil {
+			fail("list half-open connections", err)
+			return nil
+		}
+		if waiting == nil { // the first dump that works: who is half-open at the steering
+			waiting = map[netip.AddrPort]time.Time{}
+			for peer, c := range now {
+				var retransmitted time.Time
+				if c.Retransmits > 0 {
+					retransmitted = time.Now()
+				}
+				waiting[peer] = retransmitted
+			}
+		}
+		return now
+	}
+	dump()
+	defer func() {
+		if len(failed) > 0 {
+			log.Info("reads of the listener failed during the handover", "addr", l.addr,
+				"failed_half_open_dumps", failed["list half-open connections"],
+				"failed_queue_reads", failed["read the accept queue"])
+		}
+	}()
 	quiet := 0
 	for quiet < 2 {
 		if !time.Now().Before(deadline) {
 			return queued, halfOpen
 		}
 		time.Sleep(pollInterval)
-		queued, _ = reuseport.AcceptQueueLen(l)
+		known := true
+		q, err := reuseport.AcceptQueueLen(l)
+		if err != nil {
+			fail("read the accept queue", err)
+			known = false
+		} else {
+			queued = q
+		}
 		halfOpen = 0
-		if len(waiting) > 0 {
-			now, err := l.halfOpen(l.addr)
-			if err == nil {
-				for peer, retransmitted := range waiting {
-					c, ok := now[peer]
-					switch {
-					case !ok:
-						delete(waiting, peer) // completed (or given up on by the kernel)
-					case c.Retransmits == 0:
-						halfOpen++
-					case retransmitted.IsZero():
-						waiting[peer] = time.Now()
-						halfOpen++
-					case time.Since(retransmitted) < retransmitGrace:
-						halfOpen++
-					default:
-						delete(waiting, peer) // given up on
-					}
+		if waiting == nil || len(waiting) > 0 {
+			now := dump()
+			if now == nil {
+				known = false
+				halfOpen = len(waiting)
+			}
+			for peer, retransmitted := range waiting {
+				if now == nil {
+					break
+				}
+				c, ok := now[peer]
+				switch {
+				case !ok:
+					delete(waiting, peer) // completed (or given up on by the kernel)
+				case c.Retransmits == 0:
+					halfOpen++
+				case retransmitted.IsZero():
+					waiting[peer] = time.Now()
+					halfOpen++
+				case time.Since(retransmitted) < retransmitGrace:
+					halfOpen++
+				default:
+					delete(waiting, peer) // given up on
 				}
 			}
 		}
-		if queued == 0 && halfOpen == 0 {
+		if known && queued == 0 && halfOpen == 0 {
 			quiet++
 		} else {
 			quiet = 0
