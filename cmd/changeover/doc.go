@@ -262,6 +262,14 @@
 // format ("PID STARTTIME GENERATION HEALTH_ADDR") is verified by its start
 // time and migrated without asking.
 //
+// Where F may live, for every swap alike (checked before anything starts):
+// a directory of the user that no one else can write, or a sticky one such
+// as /tmp. F, F.state and F.lock, whatever their format, are trusted only
+// if they are regular files of the user (effective uid), writable by no
+// one else, with one link; otherwise exit 2, nothing touched. A directory
+// that others can write without the sticky bit is refused. The same rule
+// holds for run's control socket and state file.
+//
 // SIGINT or SIGTERM to swap before F names the new instance kill the new
 // instance with its process group and leave F and the old instance as they
 // were (exit 128+signal: 130, 143); after, swap finishes the handover and

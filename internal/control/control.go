@@ -138,11 +138,8 @@ func lockFile(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket lock %s: %w", path, err)
 	}
-	fi, err := f.Stat()
-	if err == nil {
-		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() || !fi.Mode().IsRegular() {
-			err = fmt.Errorf("%w: control socket lock %s is not a regular file of uid %d", private.ErrNotPrivate, path, os.Geteuid())
-		}
+	if err = private.CheckFile(f); err != nil {
+		err = fmt.Errorf("control socket lock: %w", err)
 	}
 	if err == nil {
 		if err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {

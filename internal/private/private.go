@@ -58,10 +58,17 @@ func checkOwner(what, path string, fi os.FileInfo) error {
 }
 
 // Open opens path for reading if its directory passes CheckDir (without
-// Sticky) and it is a regular file, not a symlink (O_NOFOLLOW), owned by
-// the effective uid and writable by no one else. A missing file is an
-// error that matches os.ErrNotExist.
-func Open(path string) (*os.File, error) {
+// Sticky) and the file passes CheckFile. It is OpenIn(path, DirOptions{}).
+func Open(path string) (*os.File, error) { return OpenIn(path, DirOptions{}) }
+
+// OpenIn opens path for reading if its directory passes CheckDir(o) and it
+// passes CheckFile: a regular file, not a symlink (O_NOFOLLOW), owned by
+// the effective uid, writable by no one else, with one link. With
+// o.Sticky a sticky directory that others can write (as /tmp) is
+// accepted: there others can create names but cannot remove, rename or
+// replace a file they do not own, so a file that passes CheckFile is still
+// ours. A missing file is an error that matches os.ErrNotExist.
+func OpenIn(path string, o DirOptions) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -69,15 +76,9 @@ func Open(path string) (*os.File, error) {
 		}
 		return nil, err
 	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%w: %s is not a regular file", ErrNotPrivate, path)
-	}
+	err = CheckFile(f)
 	if err == nil {
-		err = checkOwner("file", path, fi)
-	}
-	if err == nil {
-		err = CheckDir(filepath.Dir(path), DirOptions{})
+		err = CheckDir(filepath.Dir(path), o)
 	}
 	if err != nil {
 		f.Close()
@@ -86,9 +87,34 @@ func Open(path string) (*os.File, error) {
 	return f, nil
 }
 
+// CheckFile fails with ErrNotPrivate unless the open file f is a regular
+// file owned by the effective uid, writable by neither its group nor
+// others, with one link: a second link could be a name another user made
+// for it (a hard link to our file in a shared directory, where
+// fs.protected_hardlinks is off).
+func CheckFile(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", ErrNotPrivate, f.Name())
+	}
+	if err := checkOwner("file", f.Name(), fi); err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink != 1 {
+		return fmt.Errorf("%w: file %s has %d links", ErrNotPrivate, f.Name(), st.Nlink)
+	}
+	return nil
+}
+
 // ReadFile is Open and read the whole file.
-func ReadFile(path string) ([]byte, error) {
-	f, err := Open(path)
+func ReadFile(path string) ([]byte, error) { return ReadFileIn(path, DirOptions{}) }
+
+// ReadFileIn is OpenIn and read the whole file.
+func ReadFileIn(path string, o DirOptions) ([]byte, error) {
+	f, err := OpenIn(path, o)
 	if err != nil {
 		return nil, err
 	}

@@ -72,9 +72,12 @@ func (g StateGen) verify() error {
 }
 
 // loadState reads the state file at path, refusing one that is not our
-// user's alone (see private.Open). A missing file matches os.ErrNotExist.
+// user's alone (see private.OpenIn). Its directory is the user's and
+// writable by no one else, or sticky (as /tmp), the rule for the control
+// socket and the swap pidfile beside it. A missing file matches
+// os.ErrNotExist.
 func loadState(path string) (*StateFile, error) {
-	b, err := private.ReadFile(path)
+	b, err := private.ReadFileIn(path, private.DirOptions{Sticky: true})
 	if err != nil {
 		return nil, fmt.Errorf("state file: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/changeover-dev/changeover/internal/private"
 	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/internal/reaper"
 )
@@ -69,7 +70,9 @@ type pidRecord struct {
 // comes from the state file beside it), or the previous release's "PID
 // STARTTIME [GENERATION [HEALTH_ADDR]]".
 func parsePidfile(path string) (*pidRecord, error) {
-	b, err := os.ReadFile(path)
+	// Read as the state file is: a pidfile of another user, or one that
+	// others can write, names nothing we may signal, whatever its format.
+	b, err := private.ReadFileIn(path, private.DirOptions{Sticky: true})
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -141,9 +144,21 @@ func readSwapRecord(pidfile string) (*pidRecord, error) {
 
 // lockPidfile takes the flock on PIDFILE.lock (never through a symlink),
 // waiting until it is free or ctx is done.
+//
+// The pidfile's directory must be the user's and writable by no one else,
+// or sticky (as /tmp), where the pidfile, its state and its lock are each
+// checked to be the user's: decided here, before anything starts, so a
+// directory that fits the first deploy fits every later one.
 func lockPidfile(ctx context.Context, pidfile string) (*os.File, error) {
+	if err := private.CheckDir(filepath.Dir(pidfile), private.DirOptions{Sticky: true}); err != nil {
+		return nil, fmt.Errorf("%w: pidfile %s: %w; nothing touched", ErrUsage, pidfile, err)
+	}
 	lock, err := os.OpenFile(pidfile+".lock", os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("%w: lock for pidfile %s: %w; nothing touched", ErrUsage, pidfile, err)
+	}
+	if err := private.CheckFile(lock); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("%w: lock for pidfile %s: %w; nothing touched", ErrUsage, pidfile, err)
 	}
 	for {
