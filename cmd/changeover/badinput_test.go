@@ -97,7 +97,7 @@ func TestBadInputWhileServing(t *testing.T) {
 	if err := os.Symlink(e.exe, server); err != nil {
 		t.Fatal(err)
 	}
-	p := e.startCommand(server, "--ready-timeout", "2s")
+	p := e.startCommand(server, "--ready-timeout", "20s")
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
 
@@ -188,7 +188,7 @@ func TestBadInputPortWithoutReuseport(t *testing.T) {
 	}
 	defer ln.Close()
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "5s")
+	p := e.startInProcess("--ready-timeout", "20s")
 	err = p.wait(t, 15*time.Second)
 	if code := exitCode(err); code != exitExited || err == nil ||
 		!strings.Contains(err.Error(), e.addr) || !strings.Contains(err.Error(), "without SO_REUSEPORT") {

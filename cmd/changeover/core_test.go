@@ -26,7 +26,7 @@ import (
 func TestCoreReplacementFailsWhileOldDrains(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "3s", "--drain-timeout", "5s", "--restart-backoff", "200ms")
+	p := e.startInProcess("--ready-timeout", "20s", "--drain-timeout", "5s", "--restart-backoff", "200ms")
 	e.waitServing(p, 1)
 	slow := slowRequest(t, e.addr, 2*time.Second) // keeps generation 1 draining
 	e.setFault(faultOK, "2")
@@ -155,7 +155,7 @@ func TestCoreReloadDuringBackoffStartsNoExtra(t *testing.T) {
 func TestCoreCoverageOfSharedAddresses(t *testing.T) {
 	e := newEnv(t)
 	e.setEnv("1", envPrivatePort+"=1")
-	p := e.startInProcess("--ready-timeout", "5s")
+	p := e.startInProcess("--ready-timeout", "20s")
 	e.waitServing(p, 1)
 	e.setEnv("2", envPrivatePort+"=1")
 	if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {

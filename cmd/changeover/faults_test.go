@@ -21,7 +21,7 @@ import (
 func TestFaultNewInstance(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "4s", "--drain-timeout", "2s",
+	p := e.startInProcess("--ready-timeout", "8s", "--drain-timeout", "2s",
 		"--health", "http://{health_addr}/")
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
@@ -81,7 +81,7 @@ func TestFaultNewInstance(t *testing.T) {
 // is dark and answers none.
 func TestFaultNewInstanceControl(t *testing.T) {
 	e := newEnv(t)
-	p := e.startInProcess("--ready-timeout", "3s", "--drain-timeout", "2s")
+	p := e.startInProcess("--ready-timeout", "8s", "--drain-timeout", "2s")
 	st := e.waitServing(p, 1)
 	v1 := answerOf("1", servingPID(t, st))
 	load := startLoad(t, e.addr, 2)
@@ -112,7 +112,7 @@ func TestFaultNewInstanceControl(t *testing.T) {
 func TestFaultCrashDuringDrain(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "3s", "--drain-timeout", "3s", "--restart-backoff", "10s")
+	p := e.startInProcess("--ready-timeout", "20s", "--drain-timeout", "3s", "--restart-backoff", "10s")
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
 	load := startLoad(t, e.addr, 2)
@@ -445,7 +445,7 @@ func TestFaultSupervisorSIGKILL(t *testing.T) {
 func TestFaultServingCrashDuringReloadStart(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "5s", "--drain-timeout", "2s", "--restart-backoff", "10s")
+	p := e.startInProcess("--ready-timeout", "20s", "--drain-timeout", "2s", "--restart-backoff", "10s")
 	st := e.waitServing(p, 1)
 	g1 := st.Generations[0]
 	load := startLoad(t, e.addr, 2)

@@ -13,7 +13,7 @@ import (
 // keeps serving.
 func TestReloadRefusals(t *testing.T) {
 	e := newEnv(t)
-	p := e.startInProcess("--health", "http://"+e.addr+"/", "--ready-timeout", "3s")
+	p := e.startInProcess("--health", "http://"+e.addr+"/", "--ready-timeout", "20s")
 	e.waitServing(p, 1)
 	e.setEnv("2")
 	code, _, stderr := cli("reload", "--control", e.sock)
@@ -29,7 +29,7 @@ func TestReloadRefusals(t *testing.T) {
 	}
 
 	e2 := newEnv(t)
-	p2 := e2.startInProcess("--ready-timeout", "3s")
+	p2 := e2.startInProcess("--ready-timeout", "8s")
 	e2.waitServing(p2, 1)
 	other := freeAddr(t)
 	e2.setEnv("2", envAddr+"="+other) // later line wins

@@ -15,7 +15,7 @@ import (
 
 func TestReloadViaControlSocket(t *testing.T) {
 	e := newEnv(t)
-	p := e.startInProcess("--ready-timeout", "3s", "--drain-timeout", "5s",
+	p := e.startInProcess("--ready-timeout", "8s", "--drain-timeout", "5s",
 		"--check", `test "$HELPER_MODE" != badcheck`)
 	st := e.waitServing(p, 1)
 	if got := get(e.addr); !strings.HasPrefix(got, "version=1 ") {
@@ -87,7 +87,7 @@ func TestReloadViaControlSocket(t *testing.T) {
 func TestReloadCoalescing(t *testing.T) {
 	e := newEnv(t)
 	e.setEnv("1", envReadyDelay+"=1s")
-	p := e.startInProcess("--ready-timeout", "5s")
+	p := e.startInProcess("--ready-timeout", "20s")
 	e.waitServing(p, 1)
 
 	first := make(chan int, 1)
@@ -131,7 +131,7 @@ func TestGenerationOneNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	p := e.startInProcess("--ready-timeout", "5s")
+	p := e.startInProcess("--ready-timeout", "20s")
 	err = p.wait(t, 15*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("run: %v; want the instance's error", err)

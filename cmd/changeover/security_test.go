@@ -135,7 +135,7 @@ func TestSecurityControlSocketOtherUID(t *testing.T) {
 func TestSecurityNotifyStranger(t *testing.T) {
 	e := newEnv(t)
 	e.setFault(faultOK, "1")
-	p := e.startInProcess("--ready-timeout", "5s")
+	p := e.startInProcess("--ready-timeout", "8s")
 	st := e.waitServing(p, 1)
 	pid1 := servingPID(t, st)
 	e.setFault(faultDark, "bad") // listens (dark), never healthy, never sends READY=1

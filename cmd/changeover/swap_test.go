@@ -54,7 +54,7 @@ func TestSwap(t *testing.T) {
 	e := newEnv(t)
 	pidfile := filepath.Join(e.dir, "app.pid")
 	swap := func(flags ...string) (int, string) {
-		args := append([]string{"swap", "--pidfile", pidfile, "--env-file", e.envFile, "--ready-timeout", "3s", "--drain-timeout", "5s"}, flags...)
+		args := append([]string{"swap", "--pidfile", pidfile, "--env-file", e.envFile, "--ready-timeout", "20s", "--drain-timeout", "5s"}, flags...)
 		code, _, stderr := cli(append(args, "--", e.exe)...)
 		return code, stderr
 	}
