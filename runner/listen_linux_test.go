@@ -198,3 +198,21 @@ func TestRefusedOverlappingListenLosesNothing(t *testing.T) {
 		t.Errorf("%d connections lost while Listens were refused (first: %v); want 0", lost.Load(), firstLoss.Load())
 	}
 }
+
+// TestListenAgainAfterClose: a listener that was closed no longer counts
+// as this Runner's: listening on its address again is allowed.
+func TestListenAgainAfterClose(t *testing.T) {
+	r := quietRunner(runner.Options{})
+	ctx := context.Background()
+	ln, err := r.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ln2, err := r.Listen(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatalf("Listen on %s after closing the first listener there: %v; want it bound", addr, err)
+	}
+	ln2.Close()
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -321,4 +322,45 @@ func TestWaitQuietDiagErrorIsNotQuiet(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClosedListenerIsForgotten: a listener from Listen that the caller
+// closed is not handed over: handOffUnowned does not steer its group (the
+// steering would fail on the closed socket, or steer a group that is no
+// longer ours), and the next Listen on its address is not refused.
+func TestClosedListenerIsForgotten(t *testing.T) {
+	var logs strings.Builder
+	var mu sync.Mutex
+	r := New(Options{Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))})
+	ln, err := r.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	// Two newer members: with ours gone the group still has two, so a
+	// handover would think there is someone to steer to.
+	plainListen(t, addr)
+	plainListen(t, addr)
+	ln.Close()
+	r.handOffUnowned(2 * time.Second)
+	r.mu.Lock()
+	n := len(r.listeners)
+	r.mu.Unlock()
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if n != 0 || strings.Contains(out, "steer") {
+		t.Fatalf("after Close the Runner keeps %d listeners, and handing over logged %q; want none, and nothing steered", n, out)
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
