@@ -178,6 +178,7 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	if want, resolved, ok := intendedSocket(ctx, network, address); ok {
 		bindAddress = resolved
 		r.mu.Lock()
+		r.forgetClosedLocked()
 		err := r.alreadyListeningLocked(network, want)
 		r.mu.Unlock()
 		if err != nil {
@@ -236,12 +237,38 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.forgetClosedLocked()
 	if err := r.alreadyListeningLocked(network, self); err != nil {
 		l.Close()
 		return nil, err
 	}
 	r.listeners[tl] = ln
 	return tl, nil
+}
+
+// forgetClosedLocked drops the listeners that the caller has closed: they
+// are no longer in any group, so they neither stand in the way of a new
+// Listen on their address nor take part in a handover (logPath, watchOlder
+// and handOffUnowned see only open ones). Listen returns the
+// *net.TCPListener itself, not a wrapper whose Close could tell us, so this
+// asks each listener.
+func (r *Runner) forgetClosedLocked() {
+	for key, l := range r.listeners {
+		if l.closed() {
+			delete(r.listeners, key)
+		}
+	}
+}
+
+// closed reports whether l has been closed (net.TCPListener.Close: its
+// descriptor is released). A copy the caller kept with File keeps the
+// socket in its group, but it is no longer one we serve or hand over.
+func (l *listener) closed() bool {
+	rc, err := l.TCPListener.SyscallConn()
+	if err != nil {
+		return true
+	}
+	return rc.Control(func(uintptr) {}) != nil // "use of closed network connection"
 }
 
 // alreadyListeningLocked returns ErrAlreadyListening if one of r's
@@ -306,6 +333,7 @@ func (r *Runner) ServeHTTP(srv *http.Server, ln net.Listener) {
 // lookupLocked finds the listener that ln is or wraps (tls.NewListener and
 // the like keep the address).
 func (r *Runner) lookupLocked(ln net.Listener) *listener {
+	r.forgetClosedLocked()
 	if l, ok := r.listeners[ln]; ok {
 		return l
 	}
@@ -419,6 +447,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer cancelReady()
 	go r.announce(readyCtx)
 	r.mu.Lock()
+	r.forgetClosedLocked()
 	for _, l := range r.listeners {
 		if l.steer && len(l.older) > 0 {
 			go l.watchOlder(readyCtx, r.draining, r.log)
@@ -515,6 +544,7 @@ func drainBudget(timeout time.Duration) time.Duration {
 func (r *Runner) handOffUnowned(timeout time.Duration) {
 	deadline := time.Now().Add(drainBudget(timeout))
 	r.mu.Lock()
+	r.forgetClosedLocked()
 	var lns []*listener
 	for _, l := range r.listeners {
 		if !l.owned {
@@ -556,6 +586,7 @@ func (r *Runner) logPath() {
 	migrate, err := reuseport.MigrateReq()
 	steer := false
 	r.mu.Lock()
+	r.forgetClosedLocked()
 	for _, l := range r.listeners {
 		steer = steer || l.steer
 	}

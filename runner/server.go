@@ -566,6 +566,9 @@ func (l *listener) watchOlder(ctx context.Context, draining <-chan struct{}, log
 	defer tick.Stop()
 	failures := 0
 	for {
+		if l.closed() {
+			return // closed by its caller: nothing of ours left to steer
+		}
 		gone, err := l.olderGone()
 		switch {
 		case err != nil:
