@@ -364,3 +364,47 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestListenWhenDiagFails: the overlap check reads the port's listeners
+// through sock_diag. A failed dump is tried once more; if that fails too,
+// Listen returns the error and binds nothing, rather than bind beside a
+// listener it could not see, unless AllowOverlappingListeners says the
+// check does not matter.
+func TestListenWhenDiagFails(t *testing.T) {
+	holder := plainListen(t, "0.0.0.0:0") // [::]:P, dual-stack
+	_, port, _ := net.SplitHostPort(holder.Addr().String())
+	addr := "127.0.0.1:" + port
+	diagErr := errors.New("sock_diag: no buffer space available")
+	for _, tc := range []struct {
+		name     string
+		failures int32 // dumps that fail before they work again
+		allow    bool
+		want     error // nil: bound
+	}{
+		{"every dump fails", 1 << 30, false, diagErr},
+		{"every dump fails, overlap allowed", 1 << 30, true, nil},
+		{"one dump fails", 1, false, ErrOverlappingListener},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(Options{Logger: discardLog, AllowOverlappingListeners: tc.allow})
+			var calls atomic.Int32
+			r.listSockets = func() ([]reuseport.Socket, error) {
+				if calls.Add(1) <= tc.failures {
+					return nil, diagErr
+				}
+				return reuseport.ListeningSockets()
+			}
+			ln, err := r.Listen(context.Background(), "tcp", addr)
+			if ln != nil {
+				ln.Close()
+			}
+			switch {
+			case tc.want == nil && err != nil:
+				t.Fatalf("Listen(%s) beside %s: %v; want it bound", addr, holder.Addr(), err)
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Fatalf("Listen(%s) beside %s, %d sock_diag dumps: err = %v; want %v", addr, holder.Addr(), calls.Load(), err, tc.want)
+			}
+			t.Logf("%d dumps: %v", calls.Load(), err)
+		})
+	}
+}
