@@ -89,20 +89,30 @@ func TestListenSteersBeforeLookingAtTheGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := New(Options{Logger: discardLog})
-	first := true
 	onSurvivor := -1
 	r.listSockets = func() ([]reuseport.Socket, error) {
-		if first {
-			first = false
+		socks, err := reuseport.ListeningSockets()
+		members := 0
+		for _, s := range socks {
+			if s.Addr == survivor.Addr().(*net.TCPAddr).AddrPort() {
+				members++
+			}
+		}
+		// Listen also reads the port's listeners before it binds; dial
+		// during the first dump made once the new listener listens.
+		if members == 2 && onSurvivor < 0 {
 			onSurvivor = dialQueued(t, addr, 10, survivor)
 		}
-		return reuseport.ListeningSockets()
+		return socks, err
 	}
 	ln, err := r.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	if onSurvivor < 0 {
+		t.Fatal("Listen read no listeners once it had listened")
+	}
 	if onSurvivor != 10 {
 		t.Fatalf("of 10 connections made while Listen read the group, %d went to the serving member 0; want 10 (the new listener must be dark before the sock_diag dumps)", onSurvivor)
 	}
