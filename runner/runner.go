@@ -184,10 +184,17 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		if err != nil {
 			return nil, err
 		}
-		if socks, err := r.listSockets(); err != nil {
-			r.log.Warn("cannot read the port's listeners before binding", "addr", address, "err", err)
-		} else if err := r.overlapping(network, want, socks); err != nil {
-			return nil, err
+		if !r.opts.AllowOverlappingListeners {
+			socks, err := r.listSockets()
+			if err != nil {
+				socks, err = r.listSockets() // once more: a dump can fail for want of memory
+			}
+			if err != nil {
+				return nil, diagFailed(network, address, err)
+			}
+			if err := r.overlapping(network, want, socks); err != nil {
+				return nil, err
+			}
 		}
 	}
 	l, err := reuseport.Listen(ctx, network, bindAddress)
@@ -224,6 +231,13 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 		listSockets: r.listSockets, halfOpen: r.halfOpen}
 	socks, err := ln.findOlder()
 	if err != nil {
+		socks, err = ln.findOlder()
+	}
+	if err != nil {
+		if !r.opts.AllowOverlappingListeners {
+			l.Close()
+			return nil, diagFailed(network, address, err)
+		}
 		r.log.Warn("cannot see the reuseport group", "addr", address, "err", err)
 	}
 	// Checked again now that we listen, for what the checks before binding
@@ -244,6 +258,14 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	}
 	r.listeners[tl] = ln
 	return tl, nil
+}
+
+// diagFailed is Listen's error when it could not read the port's listeners
+// (two sock_diag dumps failed), so could not check for an overlapping one.
+func diagFailed(network, address string, err error) error {
+	return fmt.Errorf("runner: listen %s %s: cannot read the port's listening sockets (sock_diag, tried twice) to check for "+
+		"a listener on an overlapping address; set Options.AllowOverlappingListeners to listen without the check: %w",
+		network, address, err)
 }
 
 // forgetClosedLocked drops the listeners that the caller has closed: they
