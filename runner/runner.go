@@ -160,7 +160,11 @@ func (r *Runner) Draining() <-chan struct{} { return r.draining }
 // beside 0.0.0.0:P or [::]:P, tcp4 0.0.0.0:P beside [::]:P): the kernel picks
 // among groups before any steering, so such a new instance would not be
 // dark, and such an old one would not hand over. Options.AllowOverlappingListeners
-// turns that check off.
+// turns that check off. Both checks are made before binding, so a refused
+// Listen never takes a connection, and again once listening (for a
+// neighbour that bound meanwhile). If the port's listeners cannot be read
+// (two sock_diag dumps failed), Listen returns that error and binds nothing.
+// A listener the caller has closed no longer counts as this Runner's.
 func (r *Runner) Listen(ctx context.Context, network, address string) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
