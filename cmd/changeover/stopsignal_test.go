@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -167,6 +168,82 @@ func TestStopSignalKillMode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// strayChildScript is a master that leaves at once on SIGTERM and a child
+// in its process group that ignores SIGTERM and outlives it (a worker the
+// master forgot). Ready is an exec probe (it speaks no sd_notify).
+const strayChildScript = `#!/bin/sh
+out=$SIGNAL_OUT/$CHANGEOVER_GENERATION
+sh -c 'trap "" TERM; while :; do sleep 0.05; done' &
+echo $! > "$out-childpid"
+trap 'exit 0' TERM
+while :; do sleep 0.05; done
+`
+
+// TestKillModeMainKillsStrayChildAtDeadline: with --kill-mode main only
+// the main process gets the stop signal, and it leaves; its child ignores
+// SIGTERM and outlives it. The whole group is still SIGKILLed at the drain
+// deadline: the child is gone after the deadline, not before, and not long
+// after (killSlack), and the exit is logged killed=true.
+func TestKillModeMainKillsStrayChildAtDeadline(t *testing.T) {
+	e := newEnv(t)
+	script := filepath.Join(e.dir, "stray-child.sh")
+	if err := os.WriteFile(script, []byte(strayChildScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(e.dir, "signals")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.setEnv("1", "SIGNAL_OUT="+out)
+	const drain = 2 * time.Second
+	p := e.startCommand(script, "--notify=false", "--health", "exec:true",
+		"--kill-mode", "main", "--drain-timeout", drain.String())
+	st := e.waitServing(p, 1)
+	g1, _ := genByNumber(st, 1)
+	t.Cleanup(func() {
+		killGroups(e, p)
+		_ = syscall.Kill(-g1.PGID, syscall.SIGKILL) // generation 1's group, if the test failed
+	})
+	var childPID int
+	waitFor(t, 5*time.Second, "child PID file", func() bool {
+		b, err := os.ReadFile(filepath.Join(out, "1-childpid"))
+		childPID, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && childPID > 0
+	})
+	start := time.Now()
+	if code, _, stderr := cli("reload", "--control", e.sock); code != 0 {
+		t.Fatalf("reload: exit %d: %s\n%s", code, stderr, p.stderr.String())
+	}
+	// The main process leaves at its SIGTERM; the child is still there.
+	waitFor(t, 5*time.Second, "generation 1's main process gone", func() bool { return !proc.Alive(g1.PID, 0) })
+	mainGone := time.Now()
+	if !proc.Alive(childPID, 0) {
+		t.Fatalf("child %d left with the main process %d: nothing outlived it to test", childPID, g1.PID)
+	}
+	waitFor(t, drain+killSlack+5*time.Second, "generation 1's child gone", func() bool { return !proc.Alive(childPID, 0) })
+	childGone := time.Now()
+	// The stop signal follows the reload's start, so the kill cannot come
+	// less than drain after it; the main process left after the signal, so
+	// from then the kill is at most drain+killSlack away.
+	if d := childGone.Sub(start); d < drain {
+		t.Errorf("child gone %v after the reload started, before the drain deadline %v", d.Round(time.Millisecond), drain)
+	}
+	if d := childGone.Sub(mainGone); d > drain+killSlack {
+		t.Errorf("child gone %v after the main process, more than the deadline %v + %v", d.Round(time.Millisecond), drain, killSlack)
+	}
+	t.Logf("child %d outlived the main process %d; gone %v after it (deadline %v)", childPID, g1.PID, childGone.Sub(mainGone).Round(time.Millisecond), drain)
+	groupGone(t, g1.PGID)
+	waitFor(t, 5*time.Second, "generation 1's exit logged", func() bool {
+		return strings.Contains(p.stderr.String(), "msg=\"instance exited\" generation=1")
+	})
+	logs := p.stderr.String()
+	checkKillTime(t, logs, 1, drain)
+	if m := regexp.MustCompile(`msg="instance exited" generation=1 .*`).FindString(logs); m != "" {
+		t.Logf("log: %s", m)
+	}
+	e.waitServing(p, 2)
 }
 
 // TestSwapStopSignal: swap --stop-signal USR2 --kill-mode main signals the
