@@ -266,7 +266,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if d.err != nil {
 			res = "FAILED: " + d.err.Error()
 		}
-		fmt.Fprintf(w, "deploy %s\t%s in %v (changeover reload, trigger to old instance gone)\n", d.version, res, d.took.Round(time.Millisecond))
+		fmt.Fprintf(w, "deploy %s\t%s in %v (changeover reload, trigger to old listeners gone)\n", d.version, res, d.took.Round(time.Millisecond))
 		if d.inflight != "" {
 			fmt.Fprintf(w, "  in-flight /sleep?duration=2s\tstarted before the deploy, answered: %s\n", d.inflight)
 		}
