@@ -1,0 +1,98 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"bufio"
+	"log/slog"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/proc"
+)
+
+// orphanMember starts `sh -c 'sleep 60 & echo $!'` in a session of its
+// own and reaps the shell: the group's leader is gone and its number is
+// free, and the sleep is left in the group. It returns the group and the
+// sleep's PID and start time; the sleep is killed at cleanup.
+func orphanMember(t *testing.T) (pgid, leaderTicks uint64, member int, memberTicks uint64) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", "sleep 60 & echo $!; read _")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	leaderTicks, _ = proc.StartTime(cmd.Process.Pid)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	member, err = strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Kill(member, unix.SIGKILL) })
+	memberTicks, _ = proc.StartTime(member)
+	in.Close()
+	_ = cmd.Wait()
+	return uint64(cmd.Process.Pid), leaderTicks, member, memberTicks
+}
+
+// TestStopNeverSignalsReusedGroup: every stop and kill path (the stop
+// signal, the SIGKILL at the deadline, the kill of a failed instance)
+// decides whom to signal from /proc at the moment it signals, not from a
+// verification made earlier. (Issue 11 review: swap verified the old PID,
+// the new instance took up to --ready-timeout to get ready, and meanwhile
+// the old PID could be reused; kill(-pgid) then hit the new owner's group.)
+func TestStopNeverSignalsReusedGroup(t *testing.T) {
+	discard := slog.New(slog.DiscardHandler)
+	stopAll := func(in *Instance) {
+		sendStop(in, &Launch{}, discard)
+		in.signal(unix.SIGKILL)
+		killGroupAndWait(in)
+	}
+	t.Run("leader PID reused", func(t *testing.T) {
+		// The recorded leader started earlier than the process now at
+		// its PID, which leads a group of that number: a reused PID.
+		pid, ticks := startVictim(t)
+		in := adopt(1, pid, pid, ticks-1, "")
+		stopAll(in)
+		time.Sleep(100 * time.Millisecond)
+		if !proc.Alive(pid, ticks) {
+			t.Errorf("pid %d, whose start time is not the recorded one, was signalled", pid)
+		}
+	})
+	t.Run("leader gone, member older than it", func(t *testing.T) {
+		// A member that started before the recorded leader cannot be
+		// one of its processes: the group number was reused.
+		pgid, _, member, memberTicks := orphanMember(t)
+		in := adopt(1, int(pgid), int(pgid), memberTicks+1, "")
+		stopAll(in)
+		time.Sleep(100 * time.Millisecond)
+		if !proc.Alive(member, memberTicks) {
+			t.Errorf("pid %d, started before the recorded leader of group %d, was signalled", member, pgid)
+		}
+	})
+	t.Run("leader gone, member of ours", func(t *testing.T) {
+		pgid, leaderTicks, member, memberTicks := orphanMember(t)
+		in := adopt(1, int(pgid), int(pgid), leaderTicks, "")
+		killGroupAndWait(in)
+		if proc.Alive(member, memberTicks) {
+			t.Errorf("pid %d, left in group %d by its recorded leader, survived its kill", member, pgid)
+		}
+	})
+}
