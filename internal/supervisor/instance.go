@@ -48,6 +48,7 @@ type Instance struct {
 	Adopted    bool     // started by an earlier supervisor; not our child
 	probeEnv   []string // environment for exec probes and checks
 
+	target *proc.Target // every signal to it or its group goes through target (see kill)
 	notify *healthcheck.NotifySocket
 	tail   *Tail
 	done   chan struct{} // closed when the leader exited
@@ -237,6 +238,10 @@ func runCheck(ctx context.Context, r *reaper.Reaper, check, dir string, env []st
 		pr.Close()
 		return fmt.Errorf("%w: check %q: %w", ErrCheckFailed, check, err)
 	}
+	// Not reaped yet, so the PID is still its own; the group is signalled
+	// through target, which refuses it once the number is reused.
+	ticks, _ := proc.StartTime(child.PID)
+	target := proc.NewTarget(child.PID, ticks)
 	tail := newTail(4096)
 	copied := make(chan struct{})
 	go func() {
@@ -260,10 +265,11 @@ func runCheck(ctx context.Context, r *reaper.Reaper, check, dir string, env []st
 	select {
 	case <-child.Done():
 	case <-ctx.Done():
-		_ = proc.KillGroup(child.PID, unix.SIGKILL)
+		target.Signal(unix.SIGKILL, true)
 		<-child.Done()
 	}
-	_ = proc.KillGroup(child.PID, unix.SIGKILL) // leftovers holding the pipe
+	target.Close()
+	target.Signal(unix.SIGKILL, true) // leftovers holding the pipe
 	select {
 	case <-copied:
 	case <-time.After(2 * time.Second):
@@ -325,9 +331,12 @@ func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env [
 	}
 	in.PID, in.PGID, in.Started = child.PID, child.PID, time.Now()
 	in.StartTicks, _ = proc.StartTime(child.PID)
+	// Our child, not reaped yet: its PID is still its own.
+	in.target = proc.NewTarget(child.PID, in.StartTicks)
 	close(in.pgSet)
 	go func() {
 		ex := child.Exit()
+		in.target.Close()
 		in.mu.Lock()
 		in.exit = ex.String()
 		in.mu.Unlock()
@@ -531,24 +540,27 @@ wait:
 	return out
 }
 
-// signal sends sig to the instance's process group, or to its PID alone if
-// it has no group of its own (PGID 0) and is still the process started at
-// StartTicks.
-func (in *Instance) signal(sig unix.Signal) {
-	if in.PGID > 0 {
-		_ = proc.KillGroup(in.PGID, sig)
-		return
+// kill sends sig to the instance's process group (group true, and it
+// leads one: PGID is its PID), else to its main process alone, and returns
+// the PIDs it went to. Every stop and kill of run and swap comes here, so
+// who may get a signal is decided in one place, at the moment of the
+// signal: see proc.Target.Signal (a reused PID or group gets nothing).
+func (in *Instance) kill(sig unix.Signal, group bool) []int {
+	if in.target == nil {
+		return nil
 	}
-	if proc.Alive(in.PID, in.StartTicks) && in.StartTicks != 0 {
-		_ = unix.Kill(in.PID, sig)
-	}
+	return in.target.Signal(sig, group && in.PGID > 1 && in.PGID == in.PID)
 }
 
+// signal sends sig to the instance's process group, or to its PID alone if
+// it has no group of its own (PGID 0).
+func (in *Instance) signal(sig unix.Signal) { in.kill(sig, true) }
+
 // groupEmpty reports whether the instance's process group has no live
-// member left (for PGID 0: whether the process has exited).
+// member left that is ours (for PGID 0: whether the process has exited).
 func (in *Instance) groupEmpty() bool {
-	if in.PGID > 0 {
-		return proc.GroupEmpty(in.PGID)
+	if in.PGID > 0 && in.target != nil {
+		return len(in.target.Members()) == 0
 	}
 	return !proc.Alive(in.PID, in.StartTicks)
 }
@@ -556,13 +568,13 @@ func (in *Instance) groupEmpty() bool {
 // killGroupAndWait SIGKILLs the instance's group and waits (bounded) until
 // the leader was reaped and no member is left.
 func killGroupAndWait(in *Instance) {
-	_ = proc.KillGroup(in.PGID, unix.SIGKILL)
+	in.kill(unix.SIGKILL, true)
 	select {
 	case <-in.done:
 	case <-time.After(5 * time.Second):
 	}
-	for i := 0; i < 200 && len(proc.GroupMembers(in.PGID)) > 0; i++ {
-		_ = proc.KillGroup(in.PGID, unix.SIGKILL)
+	for i := 0; i < 200 && !in.groupEmpty(); i++ {
+		in.kill(unix.SIGKILL, true)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
@@ -576,10 +588,14 @@ func adopt(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
 		done: make(chan struct{}), pgSet: make(chan struct{}),
 	}
 	close(in.pgSet)
+	// Called where the process was just verified; the pidfd is opened now
+	// and names it from here on, however long a new instance takes.
+	in.target = proc.NewTarget(pid, ticks)
 	go func() {
 		for proc.Alive(pid, ticks) {
 			time.Sleep(50 * time.Millisecond)
 		}
+		in.target.Close()
 		in.mu.Lock()
 		in.exit = "exited (adopted, status unknown)"
 		in.mu.Unlock()

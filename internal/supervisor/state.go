@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/changeover-dev/changeover/internal/private"
 	"github.com/changeover-dev/changeover/internal/proc"
 )
@@ -176,7 +178,9 @@ func (s *Supervisor) adoptFromState() []adoptedInstance {
 			out = append(out, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
 		default:
 			s.log.Warn("killing leftover generation of a previous supervisor", KeyGeneration, g.Generation, KeyPID, g.PID)
-			_ = proc.KillGroup(g.PGID, 9)
+			t := proc.NewTarget(g.PID, g.StartTicks)
+			t.Signal(unix.SIGKILL, true)
+			t.Close()
 		}
 	}
 	return out

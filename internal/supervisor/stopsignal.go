@@ -7,8 +7,6 @@ import (
 	"log/slog"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/changeover-dev/changeover/internal/proc"
 )
 
 // KillMode says which processes of an instance get the stop signal. At the
@@ -53,18 +51,9 @@ func (l *Launch) killMode() KillMode {
 // instance's.
 func sendStop(in *Instance, l *Launch, log *slog.Logger) []int {
 	sig, mode := l.stopSignal(), l.killMode()
-	var pids []int
-	if mode == KillGroup && in.PGID == in.PID && in.PGID > 1 && in.PGID != unix.Getpgrp() {
-		// The members are listed first, then the group is signalled with
-		// one kill(2): a process forked in between gets the signal too but
-		// is not in the list.
-		pids = proc.GroupMembers(in.PGID)
-		_ = proc.KillGroup(in.PGID, sig)
-	} else if in.PID > 1 && in.StartTicks != 0 && proc.Alive(in.PID, in.StartTicks) {
-		if unix.Kill(in.PID, sig) == nil {
-			pids = []int{in.PID}
-		}
-	}
+	// With the group, one kill(2) reaches a process forked after the
+	// members were listed too, though it is not in the list.
+	pids := in.kill(sig, mode == KillGroup)
 	log.Info("stop signal sent", KeyGeneration, in.Gen, KeyPID, in.PID,
 		"signal", signalName(sig), "kill_mode", string(mode), "pids", pids)
 	return pids
