@@ -47,10 +47,11 @@
 //     an HTTP/2 connection (TLS "h2" or h2c) is waited for in that window
 //     only while it has streams open or has been idle for less than 500 ms
 //     (each response during the drain carries GOAWAY, and GOAWAY, unlike
-//     closing an idle HTTP/1 connection, is graceful); then, until the
-//     deadline, until no connection is left that was accepted but has not
-//     sent its request yet (Shutdown would close it without a response once
-//     that request arrives);
+//     closing an idle HTTP/1 connection, is graceful); a connection that has
+//     sent nothing yet (no request, or no HTTP/2 preface) is waited for in
+//     the same window, then closed and counted in the log (Shutdown would
+//     hold the drain for it: it closes a new HTTP/1 connection only once it
+//     is 5 s old, and reaches HTTP/2 only after the preface);
 //  5. calls [http.Server.Shutdown], which sends GOAWAY on every HTTP/2
 //     connection (its streams finish; an idle one is closed 1 s later),
 //     closes the HTTP/1 connections that stayed idle for the whole window and
@@ -78,7 +79,9 @@
 //
 // Not covered: a connection idle during the whole KeepAliveWindow is closed at
 // its end, and a request sent at that very instant races with the close, as
-// with any HTTP/1.1 server (Go's client retries idempotent requests);
+// with any HTTP/1.1 server (Go's client retries idempotent requests); the
+// same holds for a connection that has sent nothing during the whole window
+// (a preconnect; it has not been served, so nothing it sent is lost);
 // hijacked connections (WebSocket) are not tracked: the drain does not wait
 // for them, and they end with the process, which can be as soon as the
 // tracked connections are done (a streaming response that is not hijacked,

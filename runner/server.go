@@ -284,7 +284,7 @@ type connCount struct {
 	http1  int // HTTP/1.x connections (not handed to HTTP/2)
 	busyH2 int // HTTP/2 connections not idle for h2IdleGrace yet
 	active int // serving a request (HTTP/1) or streams, or waiting for its preface (HTTP/2)
-	fresh  int // HTTP/1.x, accepted, no request read yet
+	fresh  int // HTTP/1.x, accepted, no request read yet (cut at the deadline)
 }
 
 func (s *httpServer) count() connCount {
@@ -311,6 +311,28 @@ func (s *httpServer) count() connCount {
 		}
 	}
 	return n
+}
+
+// closeSilent closes the connections that have not sent a request (HTTP/1)
+// or their preface (HTTP/2) yet, and returns how many it closed. A TLS
+// connection is closed under its TLS layer, which would otherwise try to
+// send close_notify first.
+func (s *httpServer) closeSilent() int {
+	s.mu.Lock()
+	var silent []net.Conn
+	for c, cs := range s.conns {
+		if cs.state == http.StateNew {
+			silent = append(silent, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range silent {
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		c.Close()
+	}
+	return len(silent)
 }
 
 // drain runs steps 1 to 5 of the package doc for this server.
@@ -346,12 +368,20 @@ func (s *httpServer) drain(deadline time.Time, window time.Duration) error {
 		}
 		time.Sleep(pollInterval)
 	}
-	// Shutdown must not see a new connection: a request read from one after
-	// Shutdown has started is closed without a response (conn.serve checks
-	// shuttingDown() right after reading it). So wait, until the deadline,
-	// for each new connection to carry its request (and Connection: close).
-	for s.count().fresh > 0 && time.Now().Before(deadline) {
-		time.Sleep(pollInterval)
+	// A connection that has sent nothing yet (a browser's preconnect, a TCP
+	// health check, TLS "h2" without its preface) was left the window to
+	// send its request, like an idle keep-alive connection; it is closed
+	// now rather than left to Shutdown, which would hold the drain for it:
+	// Shutdown closes an HTTP/1 connection in StateNew only once it is 5 s
+	// old (and a request read from it after Shutdown started is closed
+	// without a response: conn.serve checks shuttingDown() right after
+	// reading it), and its GOAWAY reaches an HTTP/2 connection only after
+	// the preface (the server waits 10 s for it). A request sent at this
+	// very instant races with the close, as on an idle keep-alive
+	// connection; none that has been read is lost.
+	if n := s.closeSilent(); n > 0 {
+		s.log.Info("closed connections that sent nothing in the keep-alive window", "pid", os.Getpid(),
+			"closed_before_request", n)
 	}
 	open := s.count().open
 
