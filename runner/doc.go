@@ -45,9 +45,11 @@
 //  4. waits until its HTTP/1.x connections are gone or KeepAliveWindow has
 //     passed: each keep-alive connection closes after its next response;
 //     an HTTP/2 connection (TLS "h2" or h2c) is waited for in that window
-//     only while it has streams open or has been idle for less than 500 ms
-//     (each response during the drain carries GOAWAY, and GOAWAY, unlike
-//     closing an idle HTTP/1 connection, is graceful); a connection that has
+//     only while it has streams open or has been idle for less than
+//     Options.HTTP2IdleGrace (default half the window): each response during
+//     the drain carries GOAWAY, which the client reads before its next
+//     request, and a client between two requests is left the time to send
+//     the next one; a connection that has
 //     sent nothing yet (no request, or no HTTP/2 preface) is waited for in
 //     the same window, then closed and counted in the log (Shutdown would
 //     hold the drain for it: it closes a new HTTP/1 connection only once it
@@ -81,12 +83,25 @@
 // its end, and a request sent at that very instant races with the close, as
 // with any HTTP/1.1 server (Go's client retries idempotent requests); the
 // same holds for a connection that has sent nothing during the whole window
-// (a preconnect; it has not been served, so nothing it sent is lost);
+// (a preconnect; it has not been served, so nothing it sent is lost); on an
+// HTTP/2 connection idle for HTTP2IdleGrace, a stream the client sends
+// while Shutdown's GOAWAY is in flight (about one round trip) is refused
+// unprocessed, since net/http's HTTP/2 server has no two-phase GOAWAY: Go's
+// client retries it on a new connection when it can rewind the body (a GET,
+// a body with GetBody) and fails it otherwise (a streamed POST);
 // hijacked connections (WebSocket) are not tracked: the drain does not wait
 // for them, and they end with the process, which can be as soon as the
 // tracked connections are done (a streaming response that is not hijacked,
 // such as SSE, is an active connection: the drain waits for it until the
 // deadline); UDP and unix-socket listeners are not handed over.
+//
+// # HTTP/2 without TLS
+//
+// Serve h2c with [http.Server.Protocols] (SetUnencryptedHTTP2): net/http
+// hands such connections to its HTTP/2 server through TLSNextProto, where
+// the drain sees them. golang.org/x/net/http2/h2c.NewHandler hijacks each
+// connection instead: the drain neither waits for it nor sends it GOAWAY,
+// and it ends with the process.
 //
 // # Readiness
 //

@@ -47,6 +47,19 @@ type Options struct {
 	// closes those still idle. Default 5s, and never more than half the drain
 	// deadline.
 	KeepAliveWindow time.Duration
+	// HTTP2IdleGrace is how long an HTTP/2 connection (TLS "h2" or h2c)
+	// must have been idle, with no stream open, before the drain stops
+	// waiting for it and lets Shutdown send it GOAWAY. Until then it is
+	// waited for like an HTTP/1 keep-alive connection: its next response
+	// carries GOAWAY, which the client reads before it sends another
+	// request, so nothing crosses it. A stream the client sends while
+	// Shutdown's GOAWAY is in flight is refused unprocessed: Go's client
+	// retries it on a new connection when it can (a GET, a body with
+	// GetBody) and fails it otherwise (a streamed POST). Shorter drains
+	// sooner when browsers or gRPC channels hold idle connections; longer
+	// spares clients that pause longer between requests. Default: half of
+	// KeepAliveWindow (2.5s with its default), and never more than it.
+	HTTP2IdleGrace time.Duration
 	// Health answers the readiness probe. Default: 200 "ok".
 	Health http.Handler
 	// HealthAddr is where Health is served. Default: $CHANGEOVER_HEALTH_ADDR;
@@ -397,6 +410,11 @@ func (r *Runner) Run(ctx context.Context) error {
 		window = DefaultKeepAliveWindow
 	}
 	window = min(window, drainTimeout/2)
+	h2IdleGrace := r.opts.HTTP2IdleGrace
+	if h2IdleGrace <= 0 {
+		h2IdleGrace = window / 2
+	}
+	h2IdleGrace = min(h2IdleGrace, window)
 
 	r.logPath()
 
@@ -433,7 +451,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		drainOnce.Do(func() {
 			go func() {
 				defer close(drainDone)
-				drainErr = r.drain(drainTimeout, window)
+				drainErr = r.drain(drainTimeout, window, h2IdleGrace)
 				if health != nil {
 					health.Close()
 				}
@@ -586,11 +604,12 @@ func (r *Runner) handOffUnowned(timeout time.Duration) {
 }
 
 // drain hands over every server's listeners and shuts the servers down.
-func (r *Runner) drain(timeout, window time.Duration) error {
+func (r *Runner) drain(timeout, window, h2IdleGrace time.Duration) error {
 	r.mu.Lock()
 	servers := r.servers
 	r.mu.Unlock()
 	for _, s := range servers {
+		s.h2IdleGrace = h2IdleGrace
 		s.draining.Store(true) // before Draining() tells anyone
 	}
 	close(r.draining)

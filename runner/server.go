@@ -100,6 +100,20 @@ type httpServer struct {
 	mu    sync.Mutex
 	conns map[net.Conn]connState
 
+	// h2IdleGrace is Options.HTTP2IdleGrace, set before the drain: how long
+	// an HTTP/2 connection must have been idle (no stream open) before the
+	// drain lets Shutdown send it GOAWAY. net/http's HTTP/2 server has no
+	// two-phase GOAWAY (one with the last stream ID 2^31-1, a round trip,
+	// then the real one, RFC 9113 6.8): Shutdown's GOAWAY refuses a stream
+	// the client sent while it was in flight, and Go's client retries that
+	// stream when it can rewind its body and fails it otherwise. The only
+	// clean GOAWAY is the one a response during the drain carries, which
+	// the client reads before it sends another request; the grace leaves
+	// a client between two requests the time to send the next one. A
+	// connection quiet for longer is idle for real (a browser tab, a gRPC
+	// channel) and its next request is rarely that close.
+	h2IdleGrace time.Duration
+
 	wrapNextProto sync.Once
 }
 
@@ -114,14 +128,6 @@ type connState struct {
 	http2 bool
 	since time.Time // when state last changed
 }
-
-// h2IdleGrace is how long an HTTP/2 connection must have been idle (no
-// stream open) before the drain lets Shutdown send it GOAWAY. A GOAWAY that
-// crosses a new stream refuses it: the client retries it on another
-// connection, which is safe (the stream was not processed) but is a retry.
-// A client between two requests sends the next one well within it; a
-// connection quiet for longer is idle for real (a browser, a gRPC channel).
-const h2IdleGrace = 500 * time.Millisecond
 
 func (s *httpServer) addListener(l *listener, raw net.Listener) {
 	s.lns = append(s.lns, served{raw: raw, l: l})
@@ -297,7 +303,7 @@ func (s *httpServer) count() connCount {
 			if cs.state != http.StateIdle {
 				n.active++
 			}
-			if cs.state != http.StateIdle || time.Since(cs.since) < h2IdleGrace {
+			if cs.state != http.StateIdle || time.Since(cs.since) < s.h2IdleGrace {
 				n.busyH2++
 			}
 		case cs.state == http.StateActive:
