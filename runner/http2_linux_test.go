@@ -5,6 +5,7 @@ package runner_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -40,19 +41,27 @@ func (h *h2Client) get(ctx context.Context, path string) (*http.Response, string
 }
 
 // TestHTTP2DrainsPromptly: idle HTTP/2 connections, over TLS (ALPN "h2")
-// and h2c, do not hold the drain: once idle for HTTP2IdleGrace (500 ms
-// here) they get GOAWAY, the server closes them 1 s later, and the old
-// instance's Run returns nil within the keep-alive window (a drain that
-// waited for them like HTTP/1 keep-alive connections would take the window
-// plus that second). A request sent on an HTTP/2 connection just before the
+// and h2c, do not hold the drain: once idle for HTTP2IdleGrace they get
+// GOAWAY and close. With a 500 ms grace the old instance's Run returns nil
+// within the keep-alive window (a drain that waited for them like HTTP/1
+// keep-alive connections would take the window plus the second the server
+// waits after its GOAWAY); with the default (half the window), within the
+// window plus 1 s. A request sent on an HTTP/2 connection just before the
 // drain is answered on it.
 func TestHTTP2DrainsPromptly(t *testing.T) {
-	const (
-		window = 3 * time.Second
-		grace  = 500 * time.Millisecond
-	)
-	for _, mode := range []string{"tls-h2", "h2c"} {
-		t.Run(mode, func(t *testing.T) {
+	const window = 3 * time.Second
+	for _, tc := range []struct {
+		mode  string
+		grace time.Duration // 0: the default
+		bound time.Duration // for Run
+	}{
+		{"tls-h2", 500 * time.Millisecond, window},
+		{"h2c", 500 * time.Millisecond, window},
+		{"tls-h2", 0, window + time.Second},
+		{"h2c", 0, window + time.Second},
+	} {
+		mode, grace := tc.mode, tc.grace
+		t.Run(fmt.Sprintf("%s/grace=%v", mode, grace), func(t *testing.T) {
 			started := make(chan struct{}, 1)
 			mux := http.NewServeMux()
 			mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "old") })
@@ -165,8 +174,8 @@ func TestHTTP2DrainsPromptly(t *testing.T) {
 			if runErr != nil {
 				t.Errorf("Run: %v", runErr)
 			}
-			if took > window {
-				t.Errorf("Run took %v with idle HTTP/2 connections (idle grace %v), want less than the keep-alive window (%v)", took, grace, window)
+			if took > tc.bound {
+				t.Errorf("Run took %v with idle HTTP/2 connections (idle grace %v, 0: default), want at most %v (keep-alive window %v)", took, grace, tc.bound, window)
 			}
 			if n := openConns(); n != 0 {
 				t.Errorf("%d connections still open after Run", n)
