@@ -629,7 +629,11 @@ func (g *Group) connectPlug(p *placeholder, slot int, serving, probe []uint32) e
 		return err
 	}
 	want := before + 1
-	if err := unix.Connect(fd, sockaddr(netip.AddrPortFrom(dst, g.addr.Port()))); err != nil {
+	// A blocking connect interrupted by a signal (the Go runtime preempts
+	// with SIGURG) returns EINTR while the handshake goes on in the kernel
+	// (connect(2): "the connection is established asynchronously"); the
+	// accept-queue poll below sees it arrive, so EINTR is not a failure.
+	if err := unix.Connect(fd, sockaddr(netip.AddrPortFrom(dst, g.addr.Port()))); err != nil && err != unix.EINTR {
 		unix.Close(fd)
 		return fmt.Errorf("reuseport: plug the placeholder at slot %d of %s from %s:%d: %w", slot, g.addr, src, port, err)
 	}
@@ -691,7 +695,8 @@ func (g *Group) locate(b *block) error {
 			unix.Close(fd)
 			return err
 		}
-		if err := unix.Connect(fd, sockaddr(netip.AddrPortFrom(dst, g.addr.Port()))); err != nil {
+		// EINTR: the handshake goes on; see connectPlug.
+		if err := unix.Connect(fd, sockaddr(netip.AddrPortFrom(dst, g.addr.Port()))); err != nil && err != unix.EINTR {
 			unix.Close(fd)
 			return fmt.Errorf("reuseport: locate the placeholder at slot %d of %s: %w", slot, g.addr, err)
 		}
