@@ -128,10 +128,12 @@
 //
 // A process that leaves the group (setsid; a server that daemonizes, such as
 // nginx with its default "daemon on") is not tracked: it is neither drained
-// nor killed. When the group is empty but a process outside it still holds
-// one of the group's listening sockets, the supervisor logs "a process
-// started by this generation left its process group ..." with its PID. Run
-// servers in the foreground (nginx: daemon off).
+// nor killed. The group's listening sockets are read when the stop signal
+// is sent; if a process still in the group holds one then, and once the
+// group is empty a process outside it still holds that socket, the
+// supervisor logs "a process started by this generation left its process
+// group ..." with its PID. A daemon that alone holds the socket at stop
+// time is not reported. Run servers in the foreground (nginx: daemon off).
 //
 // Reloads asked for while one runs are coalesced into one more;
 // every `reload` waiting for it gets its outcome. If N+1 exits or is not
@@ -260,7 +262,11 @@
 // over from another tool's pidfile, pass --takeover: the process F names is
 // then retired like an instance swap started. A pidfile of the previous
 // format ("PID STARTTIME GENERATION HEALTH_ADDR") is verified by its start
-// time and migrated without asking.
+// time and migrated without asking. If the process F names has exited but
+// its process group still runs (a wrapper such as sh -c 'srv & ...'), the
+// group is retired. Every other generation F.state names (one a swap
+// killed during its drain left as draining) is retired too: SIGKILLed with
+// its group if its drain deadline has passed, else at that deadline.
 //
 // Where F may live, for every swap alike (checked before anything starts):
 // a directory of the user that no one else can write, or a sticky one such

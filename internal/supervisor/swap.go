@@ -64,6 +64,11 @@ type pidRecord struct {
 	Health string
 	Legacy bool   // "PID STARTTIME [GEN [ADDR]]", written by releases before the state file
 	Why    string // why the record cannot be verified (Ticks 0)
+	// Others are the generations the state file names besides PID: one a
+	// swap killed during its drain left there as draining, with its
+	// deadline (or one it started and had not yet named in the pidfile).
+	Others []StateGen
+	MaxGen int // the highest generation the pidfile or state file names
 }
 
 // parsePidfile reads a swap pidfile: the PID alone (this release; the rest
@@ -128,17 +133,22 @@ func readSwapRecord(pidfile string) (*pidRecord, error) {
 		r.Why = err.Error()
 		return r, nil
 	}
+	found := false
 	for _, g := range st.Generations {
-		r.Gen = max(r.Gen, g.Generation)
-		if g.PID == r.PID {
+		r.MaxGen = max(r.MaxGen, g.Generation)
+		if g.PID == r.PID && !found {
+			found = true
 			r.PGID, r.Ticks, r.Gen, r.Health = g.PGID, g.StartTicks, g.Generation, g.HealthAddr
 			if r.Ticks == 0 {
 				r.Why = "its state records no start time"
 			}
-			return r, nil
+			continue
 		}
+		r.Others = append(r.Others, g)
 	}
-	r.Why = fmt.Sprintf("the state file %s does not name pid %d", statePath, r.PID)
+	if !found {
+		r.Why = fmt.Sprintf("the state file %s does not name pid %d", statePath, r.PID)
+	}
 	return r, nil
 }
 
@@ -220,6 +230,7 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	others := swapOthers(cfg, rec, log)
 
 	logPath := cfg.LogFile
 	if logPath == "" {
@@ -261,6 +272,14 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 		draining.DrainDeadline = time.Now().Add(l.DrainTimeout)
 		gens = append(gens, draining)
 	}
+	for _, o := range others {
+		if o.DrainDeadline().IsZero() {
+			o.setDrainDeadline(time.Now().Add(l.DrainTimeout))
+		}
+		g := swapGen(o, StateDraining)
+		g.DrainDeadline = o.DrainDeadline()
+		gens = append(gens, g)
+	}
 	// The state first: a pidfile must never name a PID that its state
 	// file does not describe.
 	err = writeSwapState(cfg.Pidfile, gens)
@@ -279,14 +298,23 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	defer stopNote()
 	log.Info("generation ready", KeyGeneration, gen, KeyPID, in.PID, "pidfile", cfg.Pidfile)
 	res := &SwapResult{Generation: gen, PID: in.PID}
-	if old == nil {
+	if old == nil && len(others) == 0 {
 		return res, nil
 	}
-	res.OldPID = old.PID
-	start := time.Now()
-	out := stopInstance(old, &l, l.DrainTimeout, nil, log)
-	res.OldKilled = out.Killed
-	logStopped(log, old, out, start)
+	if old != nil {
+		res.OldPID = old.PID
+		start := time.Now()
+		out := stopInstance(old, &l, l.DrainTimeout, nil, log)
+		res.OldKilled = out.Killed
+		logStopped(log, old, out, start)
+	}
+	for _, o := range others {
+		if o.State() != StateDraining {
+			sendStop(o, &l, log)
+		}
+		killed := drainUntil(o, o.DrainDeadline())
+		log.Info("recorded generation retired", KeyGeneration, o.Gen, KeyPID, o.PID, "killed", killed)
+	}
 	if err := writeSwapState(cfg.Pidfile, gens[:1]); err != nil {
 		log.Warn("cannot rewrite the state file", "path", SwapStatePath(cfg.Pidfile), KeyError, err)
 	}
@@ -301,9 +329,19 @@ func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, 
 	if rec == nil {
 		return nil, 1, nil
 	}
-	gen := rec.Gen + 1
+	gen := max(rec.Gen, rec.MaxGen) + 1
 	st, err := proc.ReadStat(rec.PID)
 	if err != nil || st.State == 'Z' || st.State == 'X' {
+		// The leader has exited, but a wrapper (sh -c 'srv & ...') may
+		// have left its server serving in the group: retire those of its
+		// members that are ours (see proc.Target).
+		if rec.Ticks != 0 && rec.PGID == rec.PID && rec.PGID != unix.Getpgrp() {
+			if old := adoptRecorded(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Health); old != nil {
+				log.Warn("pidfile names a process that has exited, but its process group still runs: retiring the group",
+					"pidfile", cfg.Pidfile, KeyPID, rec.PID, "pids", old.target.Members())
+				return old, gen, nil
+			}
+		}
 		log.Warn("pidfile names a process that is gone; first deploy", "pidfile", cfg.Pidfile, KeyPID, rec.PID)
 		return nil, gen, nil
 	}
@@ -337,6 +375,74 @@ func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, 
 		old.PGID = 0
 	}
 	return old, gen, nil
+}
+
+// swapOthers adopts the generations the state file names besides the
+// pidfile's (rec.Others) that still have processes of ours. A draining one
+// whose drain deadline has passed is SIGKILLed with its group now; the
+// others are returned, to be retired after the handover: a draining one
+// drains on to its deadline, another (serving, or starting: a swap killed
+// before its pidfile named it) gets the stop signal then.
+func swapOthers(cfg SwapConfig, rec *pidRecord, log *slog.Logger) []*Instance {
+	if rec == nil {
+		return nil
+	}
+	var out []*Instance
+	for _, g := range rec.Others {
+		if g.PGID != g.PID || g.PGID == unix.Getpgrp() {
+			log.Warn("state file names a process that does not lead a group of its own; never signalling it",
+				"pidfile", cfg.Pidfile, KeyGeneration, g.Generation, KeyPID, g.PID)
+			continue
+		}
+		in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
+		if in == nil {
+			continue
+		}
+		if g.State != StateDraining {
+			out = append(out, in)
+			continue
+		}
+		in.setState(StateDraining)
+		in.setDrainDeadline(g.DrainDeadline)
+		if !g.DrainDeadline.After(time.Now()) {
+			log.Warn("state file names a draining generation past its drain deadline: killing its process group",
+				"pidfile", cfg.Pidfile, KeyGeneration, g.Generation, KeyPID, g.PID, "drain_deadline", g.DrainDeadline)
+			killGroupAndWait(in)
+			continue
+		}
+		log.Info("state file names a draining generation: it drains until its deadline, then is killed",
+			"pidfile", cfg.Pidfile, KeyGeneration, g.Generation, KeyPID, g.PID, "drain_deadline", g.DrainDeadline)
+		out = append(out, in)
+	}
+	return out
+}
+
+// adoptRecorded adopts a recorded generation if its process group still
+// has processes of ours: its leader verified in /proc, or, the leader gone,
+// members that started after it (see proc.Target). Nil: nothing to retire.
+func adoptRecorded(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
+	if pid <= 1 || pgid != pid || ticks == 0 {
+		return nil
+	}
+	in := adopt(gen, pid, pgid, ticks, haddr)
+	if in.groupEmpty() {
+		in.target.Close()
+		return nil
+	}
+	return in
+}
+
+// drainUntil waits until in's process group is empty or deadline has
+// passed, then SIGKILLs what is left of it. It reports whether it killed.
+func drainUntil(in *Instance, deadline time.Time) bool {
+	for !in.groupEmpty() {
+		if !time.Now().Before(deadline) {
+			killGroupAndWait(in)
+			return true
+		}
+		time.Sleep(groupPollInterval)
+	}
+	return false
 }
 
 // swapGen is the state of an instance in a swap state file.
