@@ -22,7 +22,7 @@ import (
 func TestSwapRetiresLeaderlessGroup(t *testing.T) {
 	pidfile := filepath.Join(t.TempDir(), "a.pid")
 	cfg := sleepSwap(t, pidfile)
-	cfg.Launch.Command, cfg.Launch.Args = "sh", []string{"-c", "sleep 60 & sleep 0.3"}
+	cfg.Launch.Command, cfg.Launch.Args = "sh", []string{"-c", "sleep 60 & sleep 2"}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	first, err := Swap(ctx, cfg)
@@ -30,7 +30,7 @@ func TestSwapRetiresLeaderlessGroup(t *testing.T) {
 		t.Fatalf("first swap: %v", err)
 	}
 	var members []int
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 200; i++ {
 		if st, err := proc.ReadStat(first.PID); err != nil || st.State == 'Z' {
 			members = proc.GroupMembers(first.PID)
 			break
