@@ -77,8 +77,8 @@ const soakRSSGrowth = 0.25
 
 // TestSoakReloads reloads the helper server many times under the in-process
 // supervisor and measures it every 10 reloads from reload 10 on: at every
-// checkpoint its open fds equal those after reload 10, its goroutines are
-// no more, and its RSS has grown by less than soakRSSGrowth. 100 reloads by
+// checkpoint its open fds and goroutines are no more than the fewest seen
+// since reload 10, and its RSS has grown by less than soakRSSGrowth. 100 reloads by
 // default; 30 with -race (which makes the supervisor slower, not leakier),
 // unless CHANGEOVER_SOAK_RELOADS says.
 func TestSoakReloads(t *testing.T) {
@@ -126,12 +126,17 @@ func TestSoakReloads(t *testing.T) {
 			if i%100 == 0 || i == n || testing.Verbose() {
 				t.Logf("SOAK after reload %d: fds=%d goroutines=%d rss=%dkB (%v)", i, u.fds, u.goroutines, u.rssKB, time.Since(start).Round(time.Millisecond))
 			}
-			if u.fds != at10.fds {
-				t.Errorf("open fds: %d after reload 10, %d after reload %d", at10.fds, u.fds, i)
+			// A leak is growth. The baseline tightens to the lowest count
+			// seen: an exited generation's pidfd and pipes may still be
+			// closing when reload 10 is measured, and a later checkpoint
+			// waits (settledUsage) until it is back at or under it.
+			if u.fds > at10.fds {
+				t.Errorf("open fds: at most %d from reload 10 on, %d after reload %d", at10.fds, u.fds, i)
 			}
 			if u.goroutines > at10.goroutines {
-				t.Errorf("goroutines: %d after reload 10, %d after reload %d", at10.goroutines, u.goroutines, i)
+				t.Errorf("goroutines: at most %d from reload 10 on, %d after reload %d", at10.goroutines, u.goroutines, i)
 			}
+			at10.fds, at10.goroutines = min(at10.fds, u.fds), min(at10.goroutines, u.goroutines)
 			if float64(u.rssKB) > (1+soakRSSGrowth)*float64(at10.rssKB) {
 				t.Errorf("RSS: %dkB after reload 10, %dkB after reload %d (> +%.0f%%)", at10.rssKB, u.rssKB, i, 100*soakRSSGrowth)
 			}
