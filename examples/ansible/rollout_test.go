@@ -682,7 +682,10 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-keep-alive 30s
-    retries 2
+    # No retries: a connection refused or reset by a host during its
+    # handover must reach the client and be counted, not be hidden by
+    # HAProxy trying again.
+    retries 0
 
 frontend web
     bind %s
