@@ -44,7 +44,12 @@ func TestHalfOpenNeverCompletingDoesNotHoldDrain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("old Run: %v", err)
 	}
-	if took > 1500*time.Millisecond {
+	// The rule lets the drain go about 1.25 s after the SYN (the first
+	// SYN-ACK retransmission at 1 s, then a 250 ms grace): 1.0-1.4 s here.
+	// The bound asserts the behaviour, not the speed: well under the 6 s
+	// budget the connection used to hold, with room for a loaded 2-core
+	// machine (1.53 s seen while other suites ran).
+	if took > 3*time.Second {
 		t.Fatalf("old Run took %v (drain budget 6s): the never-completing half-open connection held the drain", took)
 	}
 }
