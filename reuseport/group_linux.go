@@ -445,15 +445,9 @@ func (g *Group) apply(without *int) error {
 	if len(g.serving) == 0 {
 		return nil // every serving member left: nothing to steer to (Close)
 	}
-	serving, err := g.slots(g.serving)
+	serving, probe, err := g.targets()
 	if err != nil {
 		return err
-	}
-	var probe []uint32
-	if len(g.probed) > 0 {
-		if probe, err = g.slots(g.probed); err != nil {
-			return err
-		}
 	}
 	if without != nil {
 		skip := func(s uint32) bool { return int(s) == *without }
@@ -569,20 +563,28 @@ func (g *Group) addPlaceholder() error {
 	return g.plug(p, b.pos[0])
 }
 
+// targets returns the slots the program steers to now: the serving
+// generation's, and the probed generation's (nil when none is probed).
+func (g *Group) targets() (serving, probe []uint32, err error) {
+	if serving, err = g.slots(g.serving); err != nil {
+		return nil, nil, err
+	}
+	if len(g.probed) > 0 {
+		if probe, err = g.slots(g.probed); err != nil {
+			return nil, nil, err
+		}
+	}
+	return serving, probe, nil
+}
+
 // plug routes one connection of ours to p's slot, so that p's accept
 // queue (backlog 0) is full, then attaches the program for the rule. The
 // connection landing on p also checks the model: it is where the model
 // says p is.
 func (g *Group) plug(p *placeholder, slot int) error {
-	serving, err := g.slots(g.serving)
+	serving, probe, err := g.targets()
 	if err != nil {
 		return err
-	}
-	var probe []uint32
-	if len(g.probed) > 0 {
-		if probe, err = g.slots(g.probed); err != nil {
-			return err
-		}
 	}
 	before, err := queueLen(p.fd)
 	if err != nil {
@@ -659,15 +661,9 @@ func (g *Group) connectPlug(p *placeholder, slot int, serving, probe []uint32) e
 // room for it (listen again with a larger backlog: that only changes the
 // backlog, the socket keeps its slot).
 func (g *Group) locate(b *block) error {
-	serving, err := g.slots(g.serving)
+	serving, probe, err := g.targets()
 	if err != nil {
 		return err
-	}
-	var probe []uint32
-	if len(g.probed) > 0 {
-		if probe, err = g.slots(g.probed); err != nil {
-			return err
-		}
 	}
 	// A listener's queue takes connections while it holds no more than
 	// its backlog (sk_acceptq_is_full is ack_backlog > max_ack_backlog):

@@ -29,8 +29,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
+	"github.com/changeover-dev/changeover/internal/netnstest"
 	"github.com/changeover-dev/changeover/reuseport"
 	"github.com/changeover-dev/changeover/runner"
 )
@@ -481,7 +481,7 @@ func (p *proc) kill() {
 // netnsMain runs inside a new network namespace: it brings up lo, sets
 // tcp_migrate_req as asked, runs the scenario and prints the result.
 func netnsMain() int {
-	if err := loUp(); err != nil {
+	if err := netnstest.LoUp(); err != nil {
 		fmt.Fprintln(os.Stderr, "bring up lo:", err)
 		return 1
 	}
@@ -499,23 +499,6 @@ func netnsMain() int {
 	res := s.run(context.Background())
 	json.NewEncoder(os.Stdout).Encode(res)
 	return 0
-}
-
-func loUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // runInNetns runs the scenario in a fresh network namespace with

@@ -35,7 +35,7 @@ const envTest = "NETNSTEST_RUN"
 func Run(t *testing.T) bool {
 	t.Helper()
 	if os.Getenv(envTest) == t.Name() {
-		if err := loUp(); err != nil {
+		if err := LoUp(); err != nil {
 			t.Fatalf("bring up lo: %v", err)
 		}
 		return true
@@ -345,8 +345,8 @@ func (p *Peer) Response(timeout time.Duration) (*http.Response, string) {
 	}
 }
 
-// loUp brings up lo, which a new network namespace has down.
-func loUp() error {
+// LoUp brings up lo, which a new network namespace has down.
+func LoUp() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
