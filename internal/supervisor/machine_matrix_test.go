@@ -56,6 +56,7 @@ var matrixEvents = []struct {
 	name string
 	ev   func(newG, serving, old int) Event
 }{
+	{"start", func(_, _, _ int) Event { return start() }},
 	{"reload", func(_, _, _ int) Event { return reload(w1) }},
 	{"stop", func(_, _, _ int) Event { return stop() }},
 	{"hurry", func(_, _, _ int) Event { return hurry() }},
@@ -70,6 +71,9 @@ var matrixEvents = []struct {
 	{"exited old", func(_, _, o int) Event { return exitedEv(o) }},
 	{"listeners gone serving", func(_, s, _ int) Event { return gone(s) }},
 	{"listeners gone old", func(_, _, o int) Event { return gone(o) }},
+	{"listeners gone new", func(n, _, _ int) Event { return gone(n) }},
+	{"group empty new", func(n, _, _ int) Event { return empty(n) }},
+	{"group empty serving", func(_, s, _ int) Event { return empty(s) }},
 	{"group empty old", func(_, _, o int) Event { return empty(o) }},
 	{"timer backoff", func(_, _, _ int) Event { return fire(TimerBackoff, 0) }},
 	{"timer drain old", func(_, _, o int) Event { return fire(TimerDrain, o) }},

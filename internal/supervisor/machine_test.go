@@ -166,10 +166,20 @@ var machineRows = []struct {
 		{ev: checked(2, nil), want: "start 2"},
 		{ev: started(2), want: ""},
 		{ev: ready(2), want: "promote 2; stop 1; timer drain/1; watch 1"},
-		{ev: exitedEv(2), want: "kill 2; timer kill-grace/2; watch 2", phase: phaseHandingOver},
+		{ev: exitedEv(2), want: "kill 2; timer kill-grace/2; watch 2; checks 3", phase: phaseChecking},
+		{ev: checked(3, nil), want: "", phase: phaseStarting},
 		{ev: gone(2), want: ""},
-		{ev: gone(1), want: "checks 3", phase: phaseChecking},
-		{ev: checked(3, nil), want: "start 3"},
+		{ev: gone(1), want: "start 3", phase: phaseWaitingReady},
+	})},
+	{"review: a new generation that exits during the handover fails the reload", seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+		{ev: ready(2), want: "promote 2; stop 1; timer drain/1; watch 1", phase: phaseHandingOver},
+		{ev: exitedEv(2), want: "kill 2; timer kill-grace/2; watch 2; answer 2 exited-in-handover; checks 3", phase: phaseChecking},
+		{ev: gone(1), want: ""},
+		{ev: checked(3, nil), want: "", phase: phaseStarting},
+		{ev: empty(2), want: "start 3", phase: phaseWaitingReady},
 	})},
 	{"defect 2: the first crash in the window restarts at once, the second after a backoff", seq(serving1, []step{
 		{ev: exitedEv(1), want: "kill 1; timer kill-grace/1; watch 1; checks 2", notify: "STATUS=generation 1 exited (exit status 3) while serving; restarting; RELOADING=1", phase: phaseChecking},
@@ -336,7 +346,7 @@ var machineRows = []struct {
 		{ev: ready(3), want: "promote 3; stop 2; timer drain/2; watch 2"},
 		{ev: gone(2), want: "answer 3 ok", phase: phaseDraining},
 		{ev: reload(w2), want: "timer slot", phase: phaseDraining},
-		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: "answer 4 too-many-draining", phase: phaseDraining},
+		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: "answer 0 too-many-draining", phase: phaseDraining},
 		{ev: reload(w1), want: "timer slot"},
 		{ev: empty(1), want: "checks 4", phase: phaseChecking},
 		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: ""},
@@ -433,6 +443,11 @@ func invariants(t *testing.T, m *machine, acts []Action) {
 	for _, a := range acts {
 		if a.Kind == ActLog && strings.HasPrefix(a.Msg, "nothing serves and nothing is starting") {
 			t.Errorf("the safety net restarted: a path left nothing serving and nothing starting")
+		}
+	}
+	for i, a := range acts {
+		if a.Kind == ActExit && i != len(acts)-1 {
+			t.Errorf("exit is action %d of %d: the loop returns on it, so what follows would never be done", i+1, len(acts))
 		}
 	}
 	if m.done || m.stopping || !m.begun {

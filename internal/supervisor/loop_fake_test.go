@@ -1,0 +1,122 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a log destination the loop and the test share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// fakeRun starts a Supervisor over f with a text log, and brings
+// generation 1 to serving. It returns the log and Run's result channel.
+func fakeRun(t *testing.T, f *fakeProcesses) (*Supervisor, *syncBuffer, <-chan error) {
+	t.Helper()
+	logs := &syncBuffer{}
+	s := New(Config{Name: "fake", ReadyTimeout: testConfig.ReadyTimeout,
+		Launch:     Launch{DrainTimeout: testConfig.DrainTimeout},
+		BackoffMin: testConfig.BackoffMin, BackoffMax: testConfig.BackoffMax,
+		CrashLimit: testConfig.CrashLimit, CrashWindow: testConfig.CrashWindow,
+		Log: slog.New(slog.NewTextHandler(logs, nil))})
+	s.os = f.layer()
+	runErr := make(chan error, 1)
+	returned := make(chan struct{})
+	go func() {
+		runErr <- s.Run(context.Background())
+		close(returned)
+	}()
+	t.Cleanup(func() {
+		close(f.quit)
+		for n := range 10 {
+			f.exit(n, "killed at the end of the test")
+			f.release("empty", n, nil)
+		}
+		s.Hurry()
+		select {
+		case <-returned:
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after the test's stop")
+		}
+	})
+	f.release("checked", 1, nil)
+	f.release("ready", 1, nil)
+	waitFor(t, "generation 1 serving", func() bool { return s.Status().Serving == 1 })
+	return s, logs, runErr
+}
+
+// waitFor polls cond (it is a state the loop publishes, not a time).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// The crash log carries the instance's last stderr lines, which its relay
+// forwards after the exit. Waiting for them must not hold the loop: the
+// replacement starts at once (review of issue 10: perform waited up to
+// 500 ms inside Run, with every event queued behind it).
+func TestCrashLogDoesNotHoldTheLoop(t *testing.T) {
+	f := newFakeProcesses()
+	s, logs, _ := fakeRun(t, f)
+	in := f.inst(1)
+	in.tail = newTail(256) // its relay never reaches EOF
+	_, _ = in.tail.Write([]byte("panic: last words\n"))
+	f.exit(1, "exit status 2")
+	waitFor(t, "the replacement's checks", func() bool { return contains(f.recorded(), []string{"checks 2"}) })
+	if strings.Contains(logs.String(), "serving instance exited") {
+		t.Errorf("the crash was logged before the replacement began: the loop waited for the stderr tail\n%s", logs)
+	}
+	waitFor(t, "the crash log", func() bool { return strings.Contains(logs.String(), "serving instance exited") })
+	if !strings.Contains(logs.String(), "panic: last words") {
+		t.Errorf("the crash log lacks the instance's last stderr line:\n%s", logs)
+	}
+	_ = s
+}
+
+// Run's last log line says it stopped: the exit action comes after every
+// other action of its step (review of issue 10: the "stopped" line was
+// emitted after the exit and never written).
+func TestRunLogsStoppedBeforeReturning(t *testing.T) {
+	f := newFakeProcesses()
+	s, logs, runErr := fakeRun(t, f)
+	s.Stop()
+	waitFor(t, "the stop signal", func() bool { return contains(f.recorded(), []string{"stop 1"}) })
+	f.exit(1, "exit status 0")
+	f.release("empty", 1, nil)
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return once the group was empty")
+	}
+	if !strings.Contains(logs.String(), "msg=stopped") {
+		t.Errorf("no \"stopped\" line in the log:\n%s", logs)
+	}
+}
