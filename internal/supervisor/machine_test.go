@@ -339,6 +339,10 @@ var machineRows = []struct {
 		{ev: empty(1), want: ""},
 		{ev: fire(TimerKillGrace, 2), after: killGrace, want: "exit ok"},
 	})},
+	{"review: generation numbers go on from the state file's last one after a supervisor restart", []step{
+		{ev: Event{Kind: EvStart, LastGen: 7, Adopted: []AdoptedGen{{Gen: 5, PID: 105}}}, want: "checks 8"},
+		{ev: checked(8, nil), want: "start 8"},
+	}},
 	{"back-to-back reloads while older generations drain, up to the bound", seq(serving2draining1, []step{
 		{ev: reload(w1), want: "checks 3"},
 		{ev: checked(3, nil), want: "start 3"},

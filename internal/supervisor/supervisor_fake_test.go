@@ -25,6 +25,7 @@ type fakeProcesses struct {
 	insts    map[int]*Instance
 	startErr map[int]error
 	adopted  []AdoptedGen
+	lastGen  int // the state file's last generation
 	quit     chan struct{}
 }
 
@@ -114,10 +115,10 @@ func (f *fakeProcesses) exit(n int, status string) bool {
 
 func (f *fakeProcesses) layer() processLayer {
 	return processLayer{
-		adopt: func() []adoptedInstance {
-			var out []adoptedInstance
+		adopt: func() adoption {
+			out := adoption{lastGen: f.lastGen}
 			for _, a := range f.adopted {
-				out = append(out, adoptedInstance{in: f.instance(a.Gen, a.PID, true), draining: a.Draining, deadline: a.Deadline})
+				out.gens = append(out.gens, adoptedInstance{in: f.instance(a.Gen, a.PID, true), draining: a.Draining, deadline: a.Deadline})
 			}
 			return out
 		},
@@ -190,7 +191,7 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			if row.steps[0].ev.Kind != EvStart {
 				t.Fatal("a row starts with EvStart")
 			}
-			f.adopted = row.steps[0].ev.Adopted
+			f.adopted, f.lastGen = row.steps[0].ev.Adopted, row.steps[0].ev.LastGen
 			for _, s := range row.steps {
 				if s.ev.Kind == EvStarted && s.ev.Err != nil {
 					f.startErr[s.ev.Gen] = s.ev.Err
