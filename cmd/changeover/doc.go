@@ -290,7 +290,9 @@
 //	2  usage: unknown command, bad flag or value (named), nothing after --,
 //	   a garbage swap pidfile, or one naming a live process swap cannot
 //	   verify (without --takeover), a symlinked swap lock or log file
-//	3  the new instance exited before it was ready
+//	3  the new instance exited before it was ready, or took over and exited
+//	   before the old one's listeners were gone (run then restarts it as a
+//	   crash, once no older generation listens)
 //	4  the new instance was not ready in time (probe failing, no READY=1,
 //	   or it does not listen on an address the old one serves)
 //	5  --check refused the new generation
@@ -298,6 +300,6 @@
 //	130, 143  swap: interrupted by SIGINT or SIGTERM before the new instance
 //	   took over (it was killed; nothing else changed)
 //
-// In 3, 4 and 5 the old version keeps serving. run exits with 3, 4 or 5 too
+// In 3 (before it was ready), 4 and 5 the old version keeps serving. run exits with 3, 4 or 5 too
 // when generation 1 fails that way, with the instance's error in the message.
 package main

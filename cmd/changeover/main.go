@@ -49,7 +49,7 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.As(err, &ce):
 		return ce.code
-	case errors.Is(err, supervisor.ErrExited):
+	case errors.Is(err, supervisor.ErrExited), errors.Is(err, supervisor.ErrExitedInHandover):
 		return exitExited
 	case errors.Is(err, supervisor.ErrNotReady):
 		return exitNotReady

@@ -8,6 +8,9 @@ import "errors"
 var (
 	// ErrExited: the new instance exited before it was ready (exit code 3).
 	ErrExited = errors.New("new instance exited before it was ready")
+	// ErrExitedInHandover: the new instance was ready and took over, then
+	// exited before the old one's listeners were gone (exit code 3).
+	ErrExitedInHandover = errors.New("new instance exited during the handover")
 	// ErrNotReady: the new instance was not ready in time (exit code 4).
 	ErrNotReady = errors.New("new instance not ready in time")
 	// ErrCheckFailed: --check refused the reload (exit code 5).

@@ -75,6 +75,7 @@ type Event struct {
 	Waiter  chan<- Result // EvReloadAsked: buffered (1); nil for SIGHUP and --watch
 	Timer   TimerID       // EvTimer
 	Adopted []AdoptedGen  // EvStart
+	LastGen int           // EvStart: the last generation number a previous supervisor gave (state file)
 }
 
 // AdoptedGen is a live generation of a previous supervisor, read from the
@@ -184,7 +185,7 @@ func errName(err error) string {
 		err  error
 		name string
 	}{
-		{ErrStopping, "stopping"}, {ErrExited, "exited"}, {ErrNotReady, "not-ready"},
+		{ErrStopping, "stopping"}, {ErrExited, "exited"}, {ErrExitedInHandover, "exited-in-handover"}, {ErrNotReady, "not-ready"},
 		{ErrCheckFailed, "check-failed"}, {ErrStart, "start-failed"}, {ErrCrashLoop, "crash-loop"},
 		{ErrTooManyDraining, "too-many-draining"}, {ErrProbeSharedPort, "probe-shared-port"},
 	} {
@@ -423,6 +424,9 @@ func (m *machine) stepStopping(ev Event) {
 // running, then deploy generation 1 (or the next after the adopted one).
 func (m *machine) start(ev Event) {
 	d := &deploy{first: true, began: ev.Now}
+	// Numbers are never given twice, also across a supervisor restart:
+	// the state file records the last one given, adopted or not.
+	m.lastGen = max(m.lastGen, ev.LastGen)
 	for _, a := range ev.Adopted {
 		g := &gen{n: a.Gen, pid: a.PID, adopted: true, listening: true}
 		m.gens = append(m.gens, g)
@@ -477,8 +481,8 @@ func (m *machine) reloadAsked(ev Event) {
 func (m *machine) advance(now time.Time) {
 	if m.stopping {
 		if m.deploy == nil && !slices.ContainsFunc(m.gens, func(g *gen) bool { return !g.empty }) {
-			m.emit(Action{Kind: ActExit, Err: m.exitErr})
 			m.log(slog.LevelInfo, "stopped")
+			m.emit(Action{Kind: ActExit, Err: m.exitErr}) // last: Run returns on it
 			m.done = true
 		}
 		return
@@ -546,6 +550,7 @@ func (m *machine) begin(now time.Time) {
 	d.gen, d.stage, d.began = m.lastGen, dChecking, now
 	d.deadline = now.Add(m.cfg.ReadyTimeout)
 	m.gens = append(m.gens, &gen{n: d.gen, stage: stChecking, listening: true})
+	m.emit(Action{Kind: ActSave}) // the number is taken, also if we are killed now
 	if m.readySent {
 		// Every deploy after the first READY=1 is a reload to systemd,
 		// also a crash restart: Type=notify-reload waits for this message
@@ -746,6 +751,11 @@ func (m *machine) exited(ev Event) {
 		if m.stopping {
 			return
 		}
+		if d := m.deploy; d != nil && d.stage == dHandingOver && d.gen == g.n {
+			// It took over and died before the port was handed over: the
+			// reload failed, whatever the old one's listeners do next.
+			m.finishDeploy(ev.Now, fmt.Errorf("%w: generation %d (pid %d) %s", ErrExitedInHandover, g.n, g.pid, g.status))
+		}
 		m.crashed(ev.Now, fmt.Sprintf("generation %d exited (%s) while serving", g.n, g.status))
 	case stStarting:
 		// Its readiness check reports the exit, with its stderr.
@@ -867,7 +877,8 @@ func (m *machine) timer(ev Event) {
 		err := fmt.Errorf("%w: %d generations still draining after %v (--max-draining %d)",
 			ErrTooManyDraining, m.draining(), m.cfg.ReadyTimeout, m.cfg.MaxDraining)
 		m.log(slog.LevelError, "reload refused", KeyError, err)
-		m.answer(q.waiters, Result{Generation: m.lastGen + 1, Err: err, Started: q.began, Duration: ev.Now.Sub(q.began)})
+		// No generation was made for it: the result names none.
+		m.answer(q.waiters, Result{Err: err, Started: q.began, Duration: ev.Now.Sub(q.began)})
 	}
 }
 

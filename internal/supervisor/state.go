@@ -47,6 +47,11 @@ type StateFile struct {
 	SupervisorPID int        `json:"supervisor_pid"`
 	SupervisorST  uint64     `json:"supervisor_start_ticks"`
 	Generations   []StateGen `json:"generations"`
+	// LastGeneration is the last generation number given, also to one
+	// that failed or is gone: a supervisor started after this one was
+	// killed goes on from it, so that numbers (in logs, status, results)
+	// are never given twice.
+	LastGeneration int `json:"last_generation,omitempty"`
 }
 
 // StateGen is one generation in the state file.
@@ -133,21 +138,21 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 // are still alive and verified as ours: the serving one, and the draining
 // ones with their deadlines. Others (a half-done reload) are killed:
 // nobody would ever promote them.
-func (s *Supervisor) adoptFromState() []adoptedInstance {
+func (s *Supervisor) adoptFromState() adoption {
 	if s.cfg.StateFile == "" {
-		return nil
+		return adoption{}
 	}
 	st, err := loadState(s.cfg.StateFile)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return adoption{}
 	}
 	if err != nil {
 		s.log.Warn("not trusting the state file: adopting nothing, signalling nothing", "path", s.cfg.StateFile, KeyError, err)
-		return nil
+		return adoption{}
 	}
 	if st.SupervisorPID != os.Getpid() && proc.Alive(st.SupervisorPID, st.SupervisorST) {
 		s.log.Warn("state file belongs to a live supervisor; not adopting", "path", s.cfg.StateFile, KeyPID, st.SupervisorPID)
-		return nil
+		return adoption{}
 	}
 	var best *StateGen
 	var ours []StateGen
@@ -166,16 +171,16 @@ func (s *Supervisor) adoptFromState() []adoptedInstance {
 			best = &ours[i]
 		}
 	}
-	var out []adoptedInstance
+	out := adoption{lastGen: max(st.LastGeneration, 0)}
 	for _, g := range ours {
 		switch {
 		case best != nil && g.PID == best.PID:
-			out = append(out, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)})
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)})
 		case g.State == StateDraining:
 			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
 			in.setState(StateDraining)
 			in.setDrainDeadline(g.DrainDeadline)
-			out = append(out, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
+			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
 		default:
 			s.log.Warn("killing leftover generation of a previous supervisor", KeyGeneration, g.Generation, KeyPID, g.PID)
 			t := proc.NewTarget(g.PID, g.StartTicks)

@@ -204,7 +204,7 @@ func (s *Supervisor) Status() Status {
 type processLayer struct {
 	// adopt reads the state file of a previous supervisor and returns the
 	// generations it left alive.
-	adopt func() []adoptedInstance
+	adopt func() adoption
 	// prepare resolves generation gen's command and runs the checks.
 	prepare func(ctx context.Context, gen int, serving *Instance) (*prepared, error)
 	// start starts the process (it does not wait for readiness).
@@ -228,6 +228,13 @@ type prepared struct {
 	env       []string
 }
 
+// adoption is what a previous supervisor left: its live generations, and
+// the last generation number it gave.
+type adoption struct {
+	gens    []adoptedInstance
+	lastGen int
+}
+
 // adoptedInstance is a live generation of a previous supervisor.
 type adoptedInstance struct {
 	in       *Instance
@@ -249,10 +256,6 @@ type runLoop struct {
 	// stop signal went, to name the processes outside the group (setsid, a
 	// daemonizing server) that still hold one once the group is empty.
 	stopSockets map[int]map[uint64]bool
-	// stopSent: when each generation's stop signal went. Its drain
-	// deadline counts from then, not from the event that decided it (the
-	// signal goes after a scan of /proc, slow on a loaded machine).
-	stopSent map[int]time.Time
 
 	mu   sync.Mutex
 	prep map[int]*prepared
@@ -274,7 +277,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}),
 		insts: map[int]*Instance{}, timers: map[TimerID]time.Time{},
 		cancels: map[int]context.CancelFunc{}, prep: map[int]*prepared{},
-		stopSockets: map[int]map[uint64]bool{}, stopSent: map[int]time.Time{},
+		stopSockets: map[int]map[uint64]bool{},
 	}
 	defer func() {
 		cancel()
@@ -283,8 +286,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			in.closeNotify()
 		}
 	}()
-	start := Event{Kind: EvStart}
-	for _, a := range s.os.adopt() {
+	adopted := s.os.adopt()
+	start := Event{Kind: EvStart, LastGen: adopted.lastGen}
+	for _, a := range adopted.gens {
 		l.insts[a.in.Gen] = a.in
 		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline})
 		l.watchExit(a.in)
@@ -297,18 +301,20 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for {
 		for _, ev := range s.takeInbox() {
 			ev.Now = s.now()
+			exit, exitErr := false, error(nil)
 			for _, a := range l.m.Step(ev) {
 				if a.Kind == ActExit {
-					s.end()
-					if s.stepped != nil {
-						s.stepped(ev)
-					}
-					return a.Err
+					exit, exitErr = true, a.Err
+					continue
 				}
 				l.perform(a)
 			}
 			if s.stepped != nil {
 				s.stepped(ev)
+			}
+			if exit {
+				s.end()
+				return exitErr
 			}
 			if ev.Kind == EvGroupEmpty {
 				l.reportUntracked(ev.Gen)
@@ -427,7 +433,6 @@ func (l *runLoop) perform(a Action) {
 		if err := s.os.stop(in); err != nil {
 			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
 		}
-		l.stopSent[a.Gen] = s.now()
 		l.stopSockets[a.Gen] = sockets
 	case ActKill:
 		if in != nil {
@@ -443,11 +448,7 @@ func (l *runLoop) perform(a Action) {
 			})
 		}
 	case ActTimer:
-		at := a.At
-		if sent, ok := l.stopSent[a.Timer.Gen]; ok && a.Timer.Kind == TimerDrain {
-			at = later(at, sent.Add(s.cfg.Launch.DrainTimeout))
-		}
-		l.timers[a.Timer] = at
+		l.timers[a.Timer] = a.At
 	case ActAnswer:
 		for _, w := range a.Waiters {
 			select {
@@ -455,7 +456,7 @@ func (l *runLoop) perform(a Action) {
 			default:
 			}
 		}
-		if a.Result.Generation != 0 {
+		if !a.Result.Started.IsZero() { // a reload's outcome, also one refused
 			r := a.Result
 			s.mu.Lock()
 			s.last = &r
@@ -472,22 +473,22 @@ func (l *runLoop) perform(a Action) {
 	case ActSave:
 		s.os.save(l.stateFile())
 	case ActLog:
-		args := a.Args
 		if a.Gen != 0 && in != nil {
 			// Its group was just SIGKILLed: the relay forwards the last
-			// bytes and reaches EOF in a few milliseconds.
-			in.tail.settle(500 * time.Millisecond)
-			args = append(slices.Clone(args), KeyDuration, time.Since(in.Started).Round(time.Millisecond), "stderr", in.StderrTail())
+			// bytes and reaches EOF in a few milliseconds, or never (a
+			// process outside the group holds the pipe). Wait for them
+			// off the loop: the replacement must not wait for a log line.
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				in.tail.settle(500 * time.Millisecond)
+				args := append(slices.Clone(a.Args), KeyDuration, time.Since(in.Started).Round(time.Millisecond), "stderr", in.StderrTail())
+				s.log.Log(context.Background(), a.Level, a.Msg, args...)
+			}()
+			return
 		}
-		s.log.Log(context.Background(), a.Level, a.Msg, args...)
+		s.log.Log(context.Background(), a.Level, a.Msg, a.Args...)
 	}
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // reportUntracked logs the processes outside gen's group that hold a
@@ -586,7 +587,7 @@ func (s *Supervisor) publish(l *runLoop) {
 // stateFile is what a supervisor started after this one was killed needs:
 // every generation that may still run, and the drain deadlines.
 func (l *runLoop) stateFile() StateFile {
-	st := StateFile{Name: l.s.cfg.Name, SupervisorPID: os.Getpid()}
+	st := StateFile{Name: l.s.cfg.Name, SupervisorPID: os.Getpid(), LastGeneration: l.m.lastGen}
 	st.SupervisorST, _ = proc.StartTime(os.Getpid())
 	for _, g := range l.m.gens {
 		in := l.insts[g.n]
