@@ -814,11 +814,13 @@ func (m *machine) groupEmpty(ev Event) {
 	if g == nil || g.empty {
 		return
 	}
-	g.empty, g.listening, g.exited = true, false, true
-	if g == m.serving {
-		// Not seen exiting first (an adopted instance): a crash.
+	g.empty, g.listening = true, false
+	if g == m.serving && !g.exited {
+		// Not seen exiting first (an adopted instance, or a kill grace
+		// that ran out): a crash all the same.
 		m.exited(Event{Kind: EvExited, Now: ev.Now, Gen: g.n, Status: g.status})
 	}
+	g.exited = true
 	if g.stage == stDraining || g.crashed {
 		lvl := slog.LevelInfo
 		if g.killed {
