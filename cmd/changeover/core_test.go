@@ -254,3 +254,52 @@ func TestCoreAdoptsDrainingGeneration(t *testing.T) {
 		t.Errorf("instances left: %v", alive)
 	}
 }
+
+// TestCoreNewExitsDuringHandover (review of issue 10): generation 2 is
+// ready and promoted, and exits while generation 1 (which ignores SIGTERM)
+// still has its listener open. The reload failed, whatever happens next:
+// it exits 3 naming the handover, not 0. The crash is then replaced once
+// generation 1 is killed at its drain deadline and stops listening.
+func TestCoreNewExitsDuringHandover(t *testing.T) {
+	e := newEnv(t)
+	e.setFault(faultIgnoreTerm, "1")
+	p := e.startInProcess("--drain-timeout", "3s")
+	e.waitServing(p, 1)
+	e.setFault(faultOK, "2")
+	type reloadResult struct {
+		code   int
+		stderr string
+	}
+	reloaded := make(chan reloadResult, 1)
+	go func() {
+		code, _, stderr := cli("reload", "--control", e.sock)
+		reloaded <- reloadResult{code, stderr}
+	}()
+	var gen2 supervisor.GenStatus
+	waitFor(t, 10*time.Second, "generation 2 serving while generation 1 still listens", func() bool {
+		st, err := e.status()
+		g1, ok1 := genByNumber(st, 1)
+		g2, ok2 := genByNumber(st, 2)
+		gen2 = g2
+		return err == nil && ok1 && ok2 && g1.State == supervisor.StateDraining && g2.State == supervisor.StateServing && st.Reloading
+	})
+	e.setFault(faultOK, "3")
+	if err := syscall.Kill(-gen2.PGID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-reloaded:
+		if r.code != exitExited || !strings.Contains(r.stderr, "exited during the handover") {
+			t.Errorf("reload: exit %d, stderr %q; want exit %d naming the handover", r.code, r.stderr, exitExited)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the reload got no answer")
+	}
+	var st supervisor.Status
+	waitFor(t, 15*time.Second, "generation 3 serving after generation 1's deadline", func() bool {
+		var err error
+		st, err = e.status()
+		return err == nil && st.Serving == 3 && !st.Reloading
+	})
+	burst(t, e.addr, 20, "3", servingPID(t, st))
+}
