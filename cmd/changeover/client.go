@@ -103,7 +103,11 @@ func printStatus(w io.Writer, st supervisor.Status) {
 		if !r.OK {
 			res = "failed: " + r.Error
 		}
-		fmt.Fprintf(w, "last reload: generation %d at %s, %v: %s\n", r.Generation,
+		gen := fmt.Sprintf("generation %d", r.Generation)
+		if r.Generation == 0 {
+			gen = "refused before a generation started" // stopping, or --max-draining
+		}
+		fmt.Fprintf(w, "last reload: %s at %s, %v: %s\n", gen,
 			r.Started.Format(time.RFC3339), r.Duration.Round(time.Millisecond), res)
 	}
 }
