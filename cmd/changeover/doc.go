@@ -152,8 +152,12 @@
 // serves counts as a crash too. Whenever nothing serves and nothing is
 // starting, a restart is due, or the crash limit ends run (exit 6). A crash
 // while a reload's new generation is starting starts nothing more: that one
-// serves when it is ready. A reload asked for during a backoff is the
-// restart, at once. SIGTERM or SIGINT (or `changeover stop`) drain every
+// serves when it is ready. A new generation that took over and exits before
+// the old one's listeners are gone fails its reload (exit 3) and is
+// restarted as a crash. A reload asked for during a backoff is the
+// restart, at once. Generation numbers are never given twice, also when a
+// supervisor restarted after a SIGKILL adopts its predecessor's instances
+// (the state file records the last one given). SIGTERM or SIGINT (or `changeover stop`) drain every
 // generation at once (a reload in progress is abandoned: its new instance
 // is killed) and exit 0 when every group is empty; a second SIGTERM/SIGINT
 // SIGKILLs at once. A stop while generation 1 is still starting kills it and

@@ -95,15 +95,15 @@ type Status struct {
 // state machine (machine.go) fed with events; Run is the loop that turns
 // what happens into events and performs the actions that come back:
 //
-//	post(Event{Kind: EvStart, Adopted: adoptFromState()})
+//	post(Event{Kind: EvStart, Adopted: ..., LastGen: ...}) // from the state file
 //	for {
 //		for _, ev := range takeInbox() { // reloads, stops, exits, readiness, listeners gone, timers
 //			ev.Now = time.Now()
 //			for _, a := range machine.Step(ev) {
-//				perform(a) // start, stop, kill, arm a timer, answer, notify, save, ...
-//				if a.Kind == ActExit {
-//					return a.Err
-//				}
+//				perform(a) // start, stop, kill, arm a timer, answer, notify, save, log, ...
+//			}
+//			if the step's last action was ActExit {
+//				return its Err
 //			}
 //		}
 //		wait for the next event
