@@ -57,10 +57,11 @@ const (
 	EvListenersGone                  // sock_diag shows no listening socket of Gen's process group
 	EvGroupEmpty                     // no process is left in Gen's process group
 	EvTimer                          // Timer fired
+	EvCutOver                        // Gen's listeners get no new connection and are quiet (steering: machine_steering.go)
 )
 
 var eventNames = [...]string{"start", "reload", "stop", "hurry", "checked", "started", "ready", "exited",
-	"listeners-gone", "group-empty", "timer"}
+	"listeners-gone", "group-empty", "timer", "cut-over"}
 
 func (k EventKind) String() string { return eventNames[k] }
 
@@ -130,10 +131,14 @@ const (
 	ActSave                        // write the state file
 	ActLog                         // log Msg at Level with Args
 	ActExit                        // Run returns Err
+	ActDark                        // steering: the port's new connections go to Old's listeners only, before Gen starts
+	ActCutover                     // steering: new connections go to Gen's listeners; report EvCutOver for Old once its are quiet, by At
+	ActCompact                     // steering: the old generation's listeners are gone; close the placeholders no longer needed
+	ActUnsteer                     // steering: nothing serves; close every placeholder (clients are refused, not queued)
 )
 
 var actionNames = [...]string{"checks", "start", "promote", "stop", "kill", "cancel", "watch", "timer",
-	"answer", "notify", "save", "log", "exit"}
+	"answer", "notify", "save", "log", "exit", "dark", "cutover", "compact", "unsteer"}
 
 func (k ActionKind) String() string { return actionNames[k] }
 
@@ -175,6 +180,8 @@ func (a Action) String() string {
 			return "exit ok"
 		}
 		return "exit " + errName(a.Err)
+	case ActCompact, ActUnsteer:
+		return a.Kind.String()
 	}
 	return fmt.Sprintf("%s %d", a.Kind, a.Gen)
 }
@@ -207,6 +214,10 @@ type machineConfig struct {
 	CrashWindow                time.Duration
 	MaxDraining                int
 	PID                        int // the supervisor's own, for MAINPID=
+	// Steered: the supervisor owns the port's steering (machine_steering.go):
+	// a new generation starts dark and the old one's stop signal waits
+	// for the cutover. False: the kernel path.
+	Steered bool
 }
 
 // killGrace is how long a SIGKILLed group may take to empty before the
@@ -243,6 +254,7 @@ type gen struct {
 	killed    bool      // ActKill was emitted while it was not empty
 	deadline  time.Time // drain deadline (stDraining)
 	stopped   time.Time // when its stop signal was decided (stDraining)
+	cutover   bool      // its stop signal waits for EvCutOver (machine_steering.go)
 	status    string    // how its main process ended
 }
 
@@ -393,6 +405,8 @@ func (m *machine) stepRunning(ev Event) {
 		m.promote(ev.Now, d)
 	case EvTimer:
 		m.timer(ev)
+	case EvCutOver:
+		m.cutOver(ev)
 	}
 }
 
@@ -416,6 +430,8 @@ func (m *machine) stepStopping(ev Event) {
 		// A deploy is never left waiting for ready while stopping.
 	case EvTimer:
 		m.timer(ev)
+	case EvCutOver:
+		m.cutOver(ev)
 	case EvStart, EvStopAsked:
 	}
 }
@@ -507,6 +523,9 @@ func (m *machine) advance(now time.Time) {
 		old := 0
 		if m.serving != nil {
 			old = m.serving.n
+		}
+		if old != 0 && m.cfg.Steered {
+			m.emit(Action{Kind: ActDark, Gen: d.gen, Old: old})
 		}
 		m.emit(Action{Kind: ActStart, Gen: d.gen, Old: old, At: d.deadline})
 	}
@@ -607,6 +626,10 @@ func (m *machine) promote(now time.Time, d *deploy) {
 		return
 	}
 	d.stage, d.old = dHandingOver, old.n
+	if m.cfg.Steered {
+		m.cutover(now, g, old)
+		return
+	}
 	m.retire(now, old)
 	m.handedOver(now, old)
 }
@@ -646,6 +669,9 @@ func (m *machine) handedOver(now time.Time, g *gen) {
 	d := m.deploy
 	if d == nil || d.stage != dHandingOver || d.old != g.n || (g.listening && !g.empty) {
 		return
+	}
+	if m.cfg.Steered {
+		m.emit(Action{Kind: ActCompact, Gen: d.gen})
 	}
 	m.finishDeploy(now, nil)
 }
@@ -743,6 +769,7 @@ func (m *machine) exited(ev Event) {
 	case stServing:
 		g.stage, g.crashed = stFailed, true
 		m.serving = nil
+		m.unsteer()
 		m.kill(ev.Now, g) // leftovers of its group may hold the ports
 		m.emit(Action{Kind: ActSave})
 		// Gen set: the loop adds the instance's last stderr lines.
@@ -920,6 +947,8 @@ func (m *machine) beginStop(now time.Time, exitErr, answerErr error) {
 			m.concludeFailure(now)
 		}
 	}
+	m.unsteer()
+	m.retirePending(now)
 	if g := m.serving; g != nil {
 		m.serving = nil
 		m.retire(now, g)
@@ -944,6 +973,7 @@ const (
 	phaseChecking                      // a deploy resolves its command and runs --check
 	phaseWaitingReady                  // a deploy's process runs, not ready yet
 	phaseHandingOver                   // promoted; the old generation still has a listener open
+	phaseCuttingOver                   // promoted (steered); the old generation's stop signal waits for its listeners to be quiet
 	phaseDraining                      // one serves; older ones drain in the background
 	phaseServing                       // one serves, nothing else runs
 	phaseBackoff                       // nothing serves; a restart waits for its backoff
@@ -951,7 +981,7 @@ const (
 )
 
 func (p phase) String() string {
-	return [...]string{"?", "starting", "checking", "waiting-ready", "handing-over", "draining", "serving", "backoff", "stopping"}[p]
+	return [...]string{"?", "starting", "checking", "waiting-ready", "handing-over", "cutting-over", "draining", "serving", "backoff", "stopping"}[p]
 }
 
 func (m *machine) phase() phase {
@@ -965,6 +995,9 @@ func (m *machine) phase() phase {
 		case dStarting, dWaitReady, dFailing:
 			return phaseWaitingReady
 		case dHandingOver:
+			if g := m.gen(m.deploy.old); g != nil && g.cutover {
+				return phaseCuttingOver
+			}
 			return phaseHandingOver
 		}
 		return phaseStarting

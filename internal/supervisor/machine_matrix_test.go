@@ -36,6 +36,12 @@ var matrixSetups = []struct {
 		{ev: started(2), want: ""},
 		{ev: ready(2), want: "promote 2; stop 1; timer drain/1; watch 1"},
 	}), 99, 2, 1},
+	{phaseCuttingOver, seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "dark 2; start 2"},
+		{ev: started(2), want: ""},
+		{ev: ready(2), want: "promote 2; cutover 2; watch 1"},
+	}), 99, 2, 1},
 	{phaseDraining, serving2draining1, 99, 2, 1},
 	{phaseServing, serving1, 99, 1, 99},
 	{phaseBackoff, seq(serving1, []step{
@@ -50,6 +56,10 @@ var matrixSetups = []struct {
 		{ev: stop(), want: "stop 2; timer drain/2; watch 2"},
 	}), 99, 99, 1},
 }
+
+// steeredPhases are set up with the supervisor owning the steering
+// (machineConfig.Steered); the others with the kernel path.
+var steeredPhases = map[phase]bool{phaseCuttingOver: true}
 
 // matrixEvents are the events of the matrix, made for a phase's roles.
 var matrixEvents = []struct {
@@ -79,12 +89,45 @@ var matrixEvents = []struct {
 	{"timer drain old", func(_, _, o int) Event { return fire(TimerDrain, o) }},
 	{"timer kill-grace old", func(_, _, o int) Event { return fire(TimerKillGrace, o) }},
 	{"timer slot", func(_, _, _ int) Event { return fire(TimerSlot, 0) }},
+	{"cut over old", func(_, _, o int) Event { return cutOver(o) }},
 }
 
 // matrixCells: for each phase and event, the actions and the phase after.
 // A cell missing here fails the test: every event is decided in every
 // phase. Timer events come an hour after the setup, past every deadline.
 var matrixCells = map[string]string{
+	"starting / cut over old":                "- → starting",
+	"checking / cut over old":                "- → checking",
+	"waiting-ready / cut over old":           "- → waiting-ready",
+	"handing-over / cut over old":            "- → handing-over",
+	"cutting-over / start":                   "- → cutting-over",
+	"cutting-over / reload":                  "- → cutting-over",
+	"cutting-over / stop":                    "answer 2 ok; unsteer; stop 1; timer drain/1; stop 2; timer drain/2; watch 2 → stopping",
+	"cutting-over / hurry":                   "answer 2 ok; unsteer; stop 1; timer drain/1; stop 2; timer drain/2; watch 2; kill 1; timer kill-grace/1; kill 2; timer kill-grace/2 → stopping",
+	"cutting-over / checked new":             "- → cutting-over",
+	"cutting-over / check refused new":       "- → cutting-over",
+	"cutting-over / started new":             "- → cutting-over",
+	"cutting-over / start failed new":        "- → cutting-over",
+	"cutting-over / ready new":               "- → cutting-over",
+	"cutting-over / not ready new":           "- → cutting-over",
+	"cutting-over / exited new":              "- → cutting-over",
+	"cutting-over / exited serving":          "unsteer; kill 2; timer kill-grace/2; watch 2; answer 2 exited-in-handover; checks 3 → checking",
+	"cutting-over / exited old":              "- → cutting-over",
+	"cutting-over / listeners gone serving":  "- → cutting-over",
+	"cutting-over / listeners gone old":      "compact; answer 2 ok → draining",
+	"cutting-over / listeners gone new":      "- → cutting-over",
+	"cutting-over / group empty new":         "- → cutting-over",
+	"cutting-over / group empty serving":     "unsteer; answer 2 exited-in-handover; checks 3 → checking",
+	"cutting-over / group empty old":         "compact; answer 2 ok → serving",
+	"cutting-over / timer backoff":           "- → cutting-over",
+	"cutting-over / timer drain old":         "kill 1; timer kill-grace/1 → cutting-over",
+	"cutting-over / timer kill-grace old":    "- → cutting-over",
+	"cutting-over / timer slot":              "- → cutting-over",
+	"cutting-over / cut over old":            "stop 1; timer drain/1 → handing-over",
+	"draining / cut over old":                "- → draining",
+	"serving / cut over old":                 "- → serving",
+	"backoff / cut over old":                 "- → backoff",
+	"stopping / cut over old":                "- → stopping",
 	"starting / start":                       "- → starting",
 	"starting / reload":                      "- → starting",
 	"starting / stop":                        "- → stopping",
@@ -277,7 +320,9 @@ func TestMachineMatrix(t *testing.T) {
 		for _, me := range matrixEvents {
 			key := setup.phase.String() + " / " + me.name
 			t.Run(key, func(t *testing.T) {
-				m := newMachine(testConfig)
+				cfg := testConfig
+				cfg.Steered = steeredPhases[setup.phase]
+				m := newMachine(cfg)
 				now := t0
 				for i, s := range setup.steps {
 					now = now.Add(s.after)

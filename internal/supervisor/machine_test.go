@@ -63,6 +63,7 @@ func exitedEv(n int) Event          { return Event{Kind: EvExited, Gen: n, Statu
 func gone(n int) Event              { return Event{Kind: EvListenersGone, Gen: n} }
 func empty(n int) Event             { return Event{Kind: EvGroupEmpty, Gen: n} }
 func fire(k TimerKind, n int) Event { return Event{Kind: EvTimer, Timer: TimerID{k, n}} }
+func cutOver(n int) Event           { return Event{Kind: EvCutOver, Gen: n} }
 
 // serving1 brings a machine to generation 1 serving.
 var serving1 = []step{

@@ -1,0 +1,82 @@
+//go:build linux
+
+package supervisor
+
+import "testing"
+
+// steeredReady2 continues serving1 (steered) with a reload whose generation
+// 2 is ready: the port is cut over to it, 1's stop signal waits.
+var steeredReady2 = []step{
+	{ev: reload(w1), want: "checks 2"},
+	{ev: checked(2, nil), want: "dark 2; start 2"},
+	{ev: started(2), want: ""},
+	{ev: ready(2), want: "promote 2; cutover 2; watch 1", phase: phaseCuttingOver},
+}
+
+// steeredRows: the machine's decisions when the supervisor owns the
+// steering (machine_steering.go).
+var steeredRows = []struct {
+	name  string
+	steps []step
+}{
+	{"generation 1 starts without dark (nothing serves); a reload goes dark first, stops the old one only at its cutover, compacts once its listeners are gone",
+		seq(serving1, steeredReady2, []step{
+			{ev: cutOver(1), want: "stop 1; timer drain/1", phase: phaseHandingOver},
+			{ev: gone(1), want: "compact; answer 2 ok", phase: phaseDraining},
+			{ev: empty(1), want: "", phase: phaseServing},
+		})},
+	{"a generation that never becomes ready: the old one is never signalled",
+		seq(serving1, []step{
+			{ev: reload(w1), want: "checks 2"},
+			{ev: checked(2, nil), want: "dark 2; start 2"},
+			{ev: started(2), want: ""},
+			{ev: notReady(2), want: "kill 2; timer kill-grace/2; watch 2"},
+			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
+		})},
+	{"the old generation leaves during its cutover: no stop signal to an empty group",
+		seq(serving1, steeredReady2, []step{
+			{ev: empty(1), want: "compact; answer 2 ok", phase: phaseServing},
+			{ev: cutOver(1), want: "", phase: phaseServing},
+		})},
+	{"a stop during the cutover stops both at once, the placeholders closed first",
+		seq(serving1, steeredReady2, []step{
+			{ev: stop(), want: "answer 2 ok; unsteer; stop 1; timer drain/1; stop 2; timer drain/2; watch 2", phase: phaseStopping},
+			{ev: cutOver(1), want: "", phase: phaseStopping},
+		})},
+	{"the serving generation crashes: the placeholders are closed before the restart",
+		seq(serving1, []step{
+			{ev: exitedEv(1), want: "unsteer; kill 1; timer kill-grace/1; watch 1; checks 2"},
+			{ev: checked(2, nil), want: ""},
+			{ev: empty(1), want: "start 2", phase: phaseWaitingReady},
+		})},
+}
+
+func TestMachineSteered(t *testing.T) {
+	cfg := testConfig
+	cfg.Steered = true
+	for _, row := range steeredRows {
+		t.Run(row.name, func(t *testing.T) {
+			m := newMachine(cfg)
+			now := t0
+			for i, s := range row.steps {
+				now = now.Add(s.after)
+				ev := s.ev
+				ev.Now = now
+				acts := m.Step(ev)
+				if got := render(acts, false); got != s.want {
+					t.Errorf("step %d (%v gen %d): got actions\n\t%q\nwant\n\t%q", i, ev.Kind, ev.Gen, got, s.want)
+				}
+				if s.phase != 0 && m.phase() != s.phase {
+					t.Errorf("step %d (%v gen %d): phase %v, want %v", i, ev.Kind, ev.Gen, m.phase(), s.phase)
+				}
+				invariants(t, m, acts)
+				for _, w := range []chan Result{w1, w2} {
+					select {
+					case <-w:
+					default:
+					}
+				}
+			}
+		})
+	}
+}
