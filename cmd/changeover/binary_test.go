@@ -89,8 +89,10 @@ func TestCrashRestartAndCrashLoop(t *testing.T) {
 		if len(e.helperPIDs()) != 2 {
 			t.Errorf("helpers started: %v", e.helperPIDs())
 		}
-		logs := p.stderr.String()
-		if !strings.Contains(logs, "serving instance exited") || !strings.Contains(logs, "exit status 3") {
+		// The crash is logged once its stderr's last lines are in, off the
+		// supervisor's loop: the replacement may be ready first.
+		waitFor(t, 5*time.Second, "the crash logged", func() bool { return strings.Contains(p.stderr.String(), "serving instance exited") })
+		if logs := p.stderr.String(); !strings.Contains(logs, "exit status 3") {
 			t.Errorf("crash not logged with its status:\n%s", logs)
 		}
 		if got := get(e.addr); !strings.Contains(got, "version=1") {

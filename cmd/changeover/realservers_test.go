@@ -50,17 +50,27 @@ type realServer struct {
 	name   string
 	binary string // must be on PATH
 	script string // examples/..., the COMMAND
-	slow   string // path of a request that takes slowFor
+	slow   string // path of a request that takes the seconds its duration parameter says
 }
 
 var (
-	nginxServer    = realServer{"nginx", "nginx", "../../examples/nginx/run-nginx.sh", "/app/slow"}
+	nginxServer    = realServer{"nginx", "nginx", "../../examples/nginx/run-nginx.sh", "/app/slow?duration=2"}
 	gunicornServer = realServer{"gunicorn", "gunicorn", "../../examples/gunicorn/run-gunicorn.sh", "/slow?duration=2"}
 )
 
 // slowFor is how long the in-flight request takes (nginx: its upstream
-// sleeps that long; gunicorn: the view does).
+// sleeps that long; gunicorn: the view does), as the paths above say.
 const slowFor = 2 * time.Second
+
+// cutFor is how long it takes where the stop signal is the server's fast
+// shutdown and the request must be cut: longer than any reload's
+// readiness on a loaded machine, so that it cannot end on its own first.
+const cutFor = 20 * time.Second
+
+// slowPath is s's in-flight request, lasting d.
+func (s realServer) slowPath(d time.Duration) string {
+	return strings.Replace(s.slow, "duration=2", fmt.Sprintf("duration=%d", int(d.Seconds())), 1)
+}
 
 // requireServer finds the server's binary. Missing, the test fails in CI
 // (.ci/run installs it) and skips elsewhere, saying how to install it.
@@ -122,7 +132,8 @@ func (r *realEnv) setVersion(v string) {
 }
 
 // startSleeper serves the application behind nginx on loopback: every
-// request sleeps slowFor, then answers "slept".
+// request sleeps its duration parameter (seconds; slowFor without one),
+// then answers "slept".
 func startSleeper(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -130,8 +141,12 @@ func startSleeper(t *testing.T) string {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := slowFor
+		if s, err := strconv.Atoi(r.URL.Query().Get("duration")); err == nil {
+			d = time.Duration(s) * time.Second
+		}
 		select {
-		case <-time.After(slowFor):
+		case <-time.After(d):
 		case <-r.Context().Done():
 			return
 		}
@@ -370,7 +385,11 @@ func runRealServer(t *testing.T, r *realEnv, s realServer, reloads int, slowSurv
 		want := load.sent.Load() + 100
 		waitFor(t, 20*time.Second, "load progress", func() bool { return load.sent.Load() >= want })
 		if gen-1 == inFlightAt {
-			slow = startInFlight(t, r.addr, s.slow)
+			d := slowFor
+			if !slowSurvives {
+				d = cutFor
+			}
+			slow = startInFlight(t, r.addr, s.slowPath(d))
 		}
 		version := fmt.Sprintf("v%d", gen)
 		r.setVersion(version)
@@ -403,7 +422,7 @@ func runRealServer(t *testing.T, r *realEnv, s realServer, reloads int, slowSurv
 	} else {
 		select {
 		case <-slow.done:
-		case <-time.After(slowFor + 20*time.Second):
+		case <-time.After(cutFor + 20*time.Second):
 			t.Fatal("the in-flight request never ended")
 		}
 		wantVersion := fmt.Sprintf("v%d", inFlightAt)
