@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,14 +32,7 @@ func TestCoreReplacementFailsWhileOldDrains(t *testing.T) {
 	slow := slowRequest(t, e.addr, 2*time.Second) // keeps generation 1 draining
 	e.setFault(faultOK, "2")
 	go cli("reload", "--control", e.sock)
-	var gen2 supervisor.GenStatus
-	waitFor(t, 10*time.Second, "generation 2 serving while generation 1 drains", func() bool {
-		st, err := e.status()
-		g1, ok1 := genByNumber(st, 1)
-		g2, ok2 := genByNumber(st, 2)
-		gen2 = g2
-		return err == nil && ok1 && ok2 && g1.State == supervisor.StateDraining && g2.State == supervisor.StateServing
-	})
+	gen2 := e.waitTakenOver(t, 1, 2, false)
 	e.setFault(faultExit, "3") // the replacement exits at start
 	if err := syscall.Kill(-gen2.PGID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -228,12 +222,7 @@ func TestCoreAdoptsDrainingGeneration(t *testing.T) {
 	slow := slowRequest(t, e.addr, 3*time.Second)
 	e.setFault(faultOK, "2")
 	_ = b.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 10*time.Second, "generation 2 serving while generation 1 drains", func() bool {
-		st, err := e.status()
-		g1, ok1 := genByNumber(st, 1)
-		g2, ok2 := genByNumber(st, 2)
-		return err == nil && ok1 && ok2 && g1.State == supervisor.StateDraining && g2.State == supervisor.StateServing
-	})
+	e.waitTakenOver(t, 1, 2, false)
 	_ = syscall.Kill(b.cmd.Process.Pid, syscall.SIGKILL)
 	b.exitCode(t, 5*time.Second)
 	e.setFault(faultOK, "3")
@@ -275,14 +264,7 @@ func TestCoreNewExitsDuringHandover(t *testing.T) {
 		code, _, stderr := cli("reload", "--control", e.sock)
 		reloaded <- reloadResult{code, stderr}
 	}()
-	var gen2 supervisor.GenStatus
-	waitFor(t, 10*time.Second, "generation 2 serving while generation 1 still listens", func() bool {
-		st, err := e.status()
-		g1, ok1 := genByNumber(st, 1)
-		g2, ok2 := genByNumber(st, 2)
-		gen2 = g2
-		return err == nil && ok1 && ok2 && g1.State == supervisor.StateDraining && g2.State == supervisor.StateServing && st.Reloading
-	})
+	gen2 := e.waitTakenOver(t, 1, 2, true)
 	e.setFault(faultOK, "3")
 	if err := syscall.Kill(-gen2.PGID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -302,4 +284,21 @@ func TestCoreNewExitsDuringHandover(t *testing.T) {
 		return err == nil && st.Serving == 3 && !st.Reloading
 	})
 	burst(t, e.addr, 20, "3", servingPID(t, st))
+}
+
+// waitTakenOver waits until generation next serves while old drains (and,
+// with handingOver, while the reload still runs: old's listeners are not
+// gone yet), and returns next's status.
+func (e *env) waitTakenOver(t *testing.T, old, next int, handingOver bool) supervisor.GenStatus {
+	t.Helper()
+	var gen supervisor.GenStatus
+	waitFor(t, 10*time.Second, fmt.Sprintf("generation %d serving while generation %d drains (reload running: %v)", next, old, handingOver), func() bool {
+		st, err := e.status()
+		o, ok1 := genByNumber(st, old)
+		n, ok2 := genByNumber(st, next)
+		gen = n
+		return err == nil && ok1 && ok2 && o.State == supervisor.StateDraining && n.State == supervisor.StateServing &&
+			(!handingOver || st.Reloading)
+	})
+	return gen
 }
