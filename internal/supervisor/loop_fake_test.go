@@ -5,9 +5,12 @@ package supervisor
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -118,5 +121,98 @@ func TestRunLogsStoppedBeforeReturning(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "msg=stopped") {
 		t.Errorf("no \"stopped\" line in the log:\n%s", logs)
+	}
+}
+
+// A reload that reaches the inbox in the batch whose first event ends Run
+// is answered (review 2 of issue 10: it waited for the client's timeout,
+// and the control server's Close with it, so run never exited).
+func TestRunAnswersReloadPostedWithItsLastEvent(t *testing.T) {
+	f := newFakeProcesses()
+	s := New(Config{Name: "fake", ReadyTimeout: testConfig.ReadyTimeout,
+		Launch:     Launch{DrainTimeout: testConfig.DrainTimeout},
+		BackoffMin: testConfig.BackoffMin, BackoffMax: testConfig.BackoffMax,
+		CrashLimit: testConfig.CrashLimit, CrashWindow: testConfig.CrashWindow})
+	layer := f.layer()
+	var block atomic.Bool
+	unblock := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	layer.save = func(StateFile) {
+		if block.CompareAndSwap(true, false) {
+			blocked <- struct{}{}
+			<-unblock
+		}
+	}
+	s.os = layer
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(context.Background()) }()
+	defer close(f.quit)
+	f.release("checked", 1, nil)
+	f.release("ready", 1, nil)
+	waitFor(t, "generation 1 serving", func() bool { return s.Status().Serving == 1 })
+
+	block.Store(true)
+	s.Stop() // its step saves the state: the loop waits there
+	<-blocked
+	f.exit(1, "exit status 0")
+	f.release("empty", 1, nil)
+	inbox := func() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.inbox) }
+	waitFor(t, "the exit and group-empty events queued", func() bool { return inbox() >= 2 })
+	answered := make(chan Result, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() { answered <- s.Reload(ctx) }()
+	waitFor(t, "the reload queued behind them", func() bool { return inbox() >= 3 })
+	close(unblock)
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if r := <-answered; !errors.Is(r.Err, ErrStopping) {
+		t.Errorf("the reload posted with Run's last events: %+v, want ErrStopping at once (not the client's timeout)", r)
+	}
+}
+
+// An adopted serving instance that dies as it is adopted: its exit must
+// reach the machine after EvStart, so that it counts as a crash and no stop
+// signal goes to its empty group when the first deploy takes over (review
+// 2 of issue 10: its events came first, were ignored as unknown, and the
+// dead instance "served").
+func TestAdoptedInstanceDyingAtAdoptionIsACrash(t *testing.T) {
+	for i := range 50 {
+		f := newFakeProcesses()
+		f.adopted, f.lastGen = []AdoptedGen{{Gen: 1, PID: 101}}, 1
+		s := New(Config{Name: "fake", ReadyTimeout: testConfig.ReadyTimeout,
+			Launch:     Launch{DrainTimeout: testConfig.DrainTimeout},
+			BackoffMin: testConfig.BackoffMin, BackoffMax: testConfig.BackoffMax,
+			CrashLimit: testConfig.CrashLimit, CrashWindow: testConfig.CrashWindow})
+		layer := f.layer()
+		adopt := layer.adopt
+		layer.adopt = func() adoption {
+			a := adopt()
+			f.exit(1, "died")
+			f.release("empty", 1, nil)
+			return a
+		}
+		s.os = layer
+		done := make(chan error, 1)
+		go func() { done <- s.Run(context.Background()) }()
+		f.release("checked", 2, nil)
+		f.release("ready", 2, nil)
+		waitFor(t, "generation 2 serving", func() bool { return s.Status().Serving == 2 })
+		if slices.Contains(f.recorded(), "stop 1") {
+			t.Fatalf("run %d: the dead adopted generation got a stop signal: effects %q", i, f.recorded())
+		}
+		close(f.quit)
+		s.Hurry()
+		f.exit(2, "killed at the end of the test")
+		f.release("empty", 2, nil)
+		if err := <-done; err != nil {
+			t.Fatalf("run %d: Run: %v", i, err)
+		}
 	}
 }

@@ -344,6 +344,50 @@ var machineRows = []struct {
 		{ev: Event{Kind: EvStart, LastGen: 7, Adopted: []AdoptedGen{{Gen: 5, PID: 105}}}, want: "checks 8"},
 		{ev: checked(8, nil), want: "start 8"},
 	}},
+	{"review 2: a replacement that waited for an older listener gets its full ready time", seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+		{ev: ready(2), want: "promote 2; stop 1; timer drain/1; watch 1"},
+		{ev: exitedEv(2), want: "kill 2; timer kill-grace/2; watch 2; answer 2 exited-in-handover; checks 3"},
+		{ev: checked(3, nil), want: "", phase: phaseStarting},
+		{ev: empty(2), want: ""},
+		{ev: fire(TimerDrain, 1), after: 30 * time.Second, want: "kill 1; timer kill-grace/1"},
+		{ev: empty(1), want: "start 3", phase: phaseWaitingReady},
+	})},
+	{"review 2: a reload that fails while its old one crashes: one crash, the restart follows at once", seq(serving1, []step{
+		{ev: reload(w1), want: "checks 2"},
+		{ev: checked(2, nil), want: "start 2"},
+		{ev: started(2), want: ""},
+		{ev: notReady(2), want: "kill 2; timer kill-grace/2; watch 2"},
+		{ev: exitedEv(1), want: "kill 1; timer kill-grace/1; watch 1"},
+		{ev: gone(1), want: ""},
+		{ev: exitedEv(2), want: ""},
+		{ev: empty(2), want: "answer 2 not-ready; checks 3", phase: phaseChecking},
+	})},
+	{"review 2: the first deploy after adopting is not held by --max-draining", []step{
+		{ev: start(
+			AdoptedGen{Gen: 1, PID: 101, Draining: true, Deadline: t0.Add(25 * time.Second)},
+			AdoptedGen{Gen: 2, PID: 102, Draining: true, Deadline: t0.Add(25 * time.Second)},
+			AdoptedGen{Gen: 3, PID: 103},
+		), want: "timer drain/1; watch 1; timer drain/2; watch 2; checks 4", phase: phaseChecking},
+		{ev: checked(4, nil), want: "", phase: phaseStarting},
+		{ev: gone(1), want: ""},
+		{ev: gone(2), want: "start 4"},
+		{ev: started(4), want: ""},
+		{ev: ready(4), want: "promote 4; stop 3; timer drain/3; watch 3"},
+		{ev: gone(3), want: "", notify: "READY=1"},
+	}},
+	{"review 2: a reload asked before Run began waits for the adoption, then deploys after it", []step{
+		{ev: reload(w1), want: ""},
+		{ev: Event{Kind: EvStart, LastGen: 3, Adopted: []AdoptedGen{{Gen: 2, PID: 102, Draining: true}, {Gen: 3, PID: 103}}},
+			want: "timer drain/2; watch 2; checks 4"},
+		{ev: checked(4, nil), want: ""},
+		{ev: gone(2), want: "start 4"},
+		{ev: started(4), want: ""},
+		{ev: ready(4), want: "promote 4; stop 3; timer drain/3; watch 3"},
+		{ev: gone(3), want: "answer 4 ok"},
+	}},
 	{"back-to-back reloads while older generations drain, up to the bound", seq(serving2draining1, []step{
 		{ev: reload(w1), want: "checks 3"},
 		{ev: checked(3, nil), want: "start 3"},
@@ -351,7 +395,7 @@ var machineRows = []struct {
 		{ev: ready(3), want: "promote 3; stop 2; timer drain/2; watch 2"},
 		{ev: gone(2), want: "answer 3 ok", phase: phaseDraining},
 		{ev: reload(w2), want: "timer slot", phase: phaseDraining},
-		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: "answer 0 too-many-draining", phase: phaseDraining},
+		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: "answer 0 too-many-draining", notify: "RELOADING=1; READY=1", phase: phaseDraining},
 		{ev: reload(w1), want: "timer slot"},
 		{ev: empty(1), want: "checks 4", phase: phaseChecking},
 		{ev: fire(TimerSlot, 0), after: 10 * time.Second, want: ""},
@@ -494,6 +538,11 @@ func TestMachineTable(t *testing.T) {
 					t.Errorf("step %d (%v gen %d): phase %v, want %v", i, ev.Kind, ev.Gen, m.phase(), s.phase)
 				}
 				invariants(t, m, acts)
+				for _, a := range acts {
+					if a.Kind == ActStart && !a.At.After(now) {
+						t.Errorf("step %d: start %d with its ready deadline passed (%v, now %v)", i, a.Gen, a.At.Sub(t0), now.Sub(t0))
+					}
+				}
 				for _, w := range []chan Result{w1, w2} {
 					select { // the loop's answers are buffered sends
 					case <-w:

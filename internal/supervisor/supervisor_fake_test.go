@@ -188,10 +188,13 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 	for _, row := range machineRows {
 		t.Run(row.name, func(t *testing.T) {
 			f := newFakeProcesses()
-			if row.steps[0].ev.Kind != EvStart {
-				t.Fatal("a row starts with EvStart")
+			// Reloads before EvStart are asked for while Run reads the
+			// state file; the loop posts EvStart itself.
+			first := slices.IndexFunc(row.steps, func(s step) bool { return s.ev.Kind == EvStart })
+			if first < 0 || slices.ContainsFunc(row.steps[:first], func(s step) bool { return s.ev.Kind != EvReloadAsked || s.want != "" }) {
+				t.Fatal("a row starts with EvStart, after reloads that do nothing yet")
 			}
-			f.adopted, f.lastGen = row.steps[0].ev.Adopted, row.steps[0].ev.LastGen
+			f.adopted, f.lastGen = row.steps[first].ev.Adopted, row.steps[first].ev.LastGen
 			for _, s := range row.steps {
 				if s.ev.Kind == EvStarted && s.ev.Err != nil {
 					f.startErr[s.ev.Gen] = s.ev.Err
@@ -202,6 +205,15 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 				BackoffMin: testConfig.BackoffMin, BackoffMax: testConfig.BackoffMax,
 				CrashLimit: testConfig.CrashLimit, CrashWindow: testConfig.CrashWindow, MaxDraining: testConfig.MaxDraining})
 			s.os = f.layer()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			adopt := s.os.adopt
+			s.os.adopt = func() adoption {
+				for _, st := range row.steps[:first] {
+					f.reloadAsked(ctx, s, st.ev.Waiter != nil)
+				}
+				return adopt()
+			}
 			var stepMu sync.Mutex
 			steps := map[string]int{}
 			s.stepped = func(ev Event) {
@@ -218,8 +230,6 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			now := t0
 			s.now = func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
 
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
 			runErr := make(chan error, 1)
 			var ran atomic.Bool
 			go func() {
@@ -230,6 +240,9 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			}()
 			var want []string
 			for i, st := range row.steps {
+				if i < first {
+					continue // asked for while the state file was read
+				}
 				clockMu.Lock()
 				now = now.Add(st.after)
 				clockMu.Unlock()
@@ -242,18 +255,7 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 				must := true // the event surely reaches the loop
 				switch ev.Kind {
 				case EvReloadAsked:
-					if ev.Waiter == nil {
-						s.RequestReload()
-						break
-					}
-					go func() {
-						r := s.Reload(ctx)
-						if r.OK {
-							f.record(fmt.Sprintf("answer %d ok", r.Generation))
-						} else {
-							f.record(fmt.Sprintf("answer %d %s", r.Generation, errName(r.Err)))
-						}
-					}()
+					f.reloadAsked(ctx, s, ev.Waiter != nil)
 				case EvStopAsked:
 					s.Stop()
 				case EvHurry:
@@ -321,5 +323,28 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 				t.Fatal("Run did not return after the test's stop")
 			}
 		})
+	}
+}
+
+// reloadAsked asks s for a reload: a SIGHUP's (no one waits), or a
+// client's whose answer is recorded as an effect. It returns once the
+// request is in the loop's inbox.
+func (f *fakeProcesses) reloadAsked(ctx context.Context, s *Supervisor, waits bool) {
+	if !waits {
+		s.RequestReload()
+		return
+	}
+	inbox := func() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.inbox) }
+	before := inbox()
+	go func() {
+		r := s.Reload(ctx)
+		if r.OK {
+			f.record(fmt.Sprintf("answer %d ok", r.Generation))
+		} else {
+			f.record(fmt.Sprintf("answer %d %s", r.Generation, errName(r.Err)))
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); inbox() <= before && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
 	}
 }
