@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -178,10 +179,9 @@ func TestRunAnswersReloadPostedWithItsLastEvent(t *testing.T) {
 }
 
 // An adopted serving instance that dies as it is adopted: its exit must
-// reach the machine after EvStart, so that it counts as a crash and no stop
-// signal goes to its empty group when the first deploy takes over (review
-// 2 of issue 10: its events came first, were ignored as unknown, and the
-// dead instance "served").
+// reach the machine after EvStart, so that it counts as a crash (review 2
+// of issue 10: its events came first, were ignored as unknown, and the
+// dead instance "served" until a deploy retired it with a stop signal).
 func TestAdoptedInstanceDyingAtAdoptionIsACrash(t *testing.T) {
 	for i := range 50 {
 		f := newFakeProcesses()
@@ -199,8 +199,20 @@ func TestAdoptedInstanceDyingAtAdoptionIsACrash(t *testing.T) {
 			return a
 		}
 		s.os = layer
+		var mu sync.Mutex
+		var stepped []string
+		s.stepped = func(ev Event) { mu.Lock(); stepped = append(stepped, fmt.Sprintf("%v/%d", ev.Kind, ev.Gen)); mu.Unlock() }
 		done := make(chan error, 1)
 		go func() { done <- s.Run(context.Background()) }()
+		waitFor(t, "start, exit and group-empty stepped", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Contains(stepped, "start/0") && slices.Contains(stepped, "exited/1") && slices.Contains(stepped, "group-empty/1")
+		})
+		if st := s.Status(); st.Serving == 1 {
+			mu.Lock()
+			t.Fatalf("run %d: the dead adopted generation 1 still serves after its exit was stepped (events %q)", i, stepped)
+		}
 		f.release("checked", 2, nil)
 		f.release("ready", 2, nil)
 		waitFor(t, "generation 2 serving", func() bool { return s.Status().Serving == 2 })

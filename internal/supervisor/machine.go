@@ -86,6 +86,7 @@ type AdoptedGen struct {
 	PID      int
 	Draining bool      // it was draining: let it finish, do not stop it again
 	Deadline time.Time // its absolute drain deadline (zero: now + drain timeout)
+	Leftover bool      // it was starting (a reload the previous supervisor never finished): kill it
 }
 
 // TimerKind names what a timer is for.
@@ -276,6 +277,7 @@ type deploy struct {
 	stage     deployStage
 	reload    bool // asked for (waiters, SIGHUP, --watch), not only a restart
 	restart   bool // a replacement for a crashed instance (not bound by MaxDraining)
+	initial   bool // the deploy of EvStart (not bound by MaxDraining: it brings adopted ones to a known state)
 	first     bool // generation 1 of a run that adopted nothing: failing ends Run
 	aborted   bool // stop asked while its checks or start were running
 	waiters   []chan<- Result
@@ -283,6 +285,7 @@ type deploy struct {
 	slotBy    time.Time // a reload waiting for a draining slot fails at this time
 	began     time.Time
 	deadline  time.Time // ready deadline: checks and readiness together
+	checkedAt time.Time // when its checks ended (dChecked): the wait for older listeners does not count
 	old       int       // the generation it promoted over (dHandingOver)
 	err       error     // why it failed (dFailing)
 }
@@ -390,7 +393,7 @@ func (m *machine) stepRunning(ev Event) {
 			m.failDeploy(ev.Now, ev.Err)
 			return
 		}
-		d.stage = dChecked // advance starts it once no older listener is open
+		d.stage, d.checkedAt = dChecked, ev.Now // advance starts it once no older listener is open
 	case EvStarted:
 		m.started(ev)
 	case EvReady:
@@ -439,7 +442,12 @@ func (m *machine) stepStopping(ev Event) {
 // start handles EvStart: take over what a previous supervisor left
 // running, then deploy generation 1 (or the next after the adopted one).
 func (m *machine) start(ev Event) {
-	d := &deploy{first: true, began: ev.Now}
+	d := &deploy{first: true, initial: true, began: ev.Now}
+	if q := m.queued; q != nil {
+		// Reloads asked for before Run began (while the state file was
+		// read) are this deploy: it comes after the adoption.
+		d.reload, d.waiters = true, q.waiters
+	}
 	// Numbers are never given twice, also across a supervisor restart:
 	// the state file records the last one given, adopted or not.
 	m.lastGen = max(m.lastGen, ev.LastGen)
@@ -447,6 +455,13 @@ func (m *machine) start(ev Event) {
 		g := &gen{n: a.Gen, pid: a.PID, adopted: true, listening: true}
 		m.gens = append(m.gens, g)
 		m.lastGen = max(m.lastGen, a.Gen)
+		if a.Leftover {
+			// Nobody would ever promote it.
+			m.log(slog.LevelWarn, "killing leftover generation of a previous supervisor", KeyGeneration, g.n, KeyPID, g.pid)
+			g.stage = stFailed
+			m.kill(ev.Now, g)
+			continue
+		}
 		if !a.Draining && (m.serving == nil || a.Gen > m.serving.n) {
 			if m.serving != nil {
 				m.retire(ev.Now, m.serving)
@@ -503,11 +518,14 @@ func (m *machine) advance(now time.Time) {
 		}
 		return
 	}
+	if !m.begun {
+		return // reloads asked for before EvStart wait for the adoption
+	}
 	if m.deploy == nil && m.queued != nil {
 		q := m.queued
 		switch {
 		case now.Before(q.notBefore):
-		case !q.restart && m.serving != nil && m.draining() >= m.cfg.MaxDraining:
+		case !q.restart && !q.initial && m.serving != nil && m.draining() >= m.cfg.MaxDraining:
 			if q.slotBy.IsZero() {
 				q.slotBy = now.Add(m.cfg.ReadyTimeout)
 				m.log(slog.LevelInfo, "reload waits for a draining generation to finish",
@@ -520,6 +538,7 @@ func (m *machine) advance(now time.Time) {
 	}
 	if d := m.deploy; d != nil && d.stage == dChecked && m.noOlderListener(d.gen) {
 		d.stage = dStarting
+		d.deadline = d.deadline.Add(now.Sub(d.checkedAt)) // the wait was not its own
 		old := 0
 		if m.serving != nil {
 			old = m.serving.n
@@ -639,8 +658,8 @@ func (m *machine) retire(now time.Time, g *gen) {
 	g.stage = stDraining
 	g.stopped = now
 	g.deadline = now.Add(m.cfg.DrainTimeout)
+	m.emit(Action{Kind: ActSave}) // draining on disk before the signal: a supervisor killed now adopts it as such
 	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
-	m.emit(Action{Kind: ActSave})
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
 	m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (m.cfg.DrainTimeout + 10*time.Second).Microseconds())})
 	m.watch(g)
@@ -753,6 +772,9 @@ func (m *machine) concludeFailure(now time.Time) {
 	case m.stopping:
 	case d.first:
 		m.beginStop(now, d.err, fmt.Errorf("%w: generation %d failed: %w", ErrStopping, d.gen, d.err))
+	case m.queued != nil:
+		// Its old one crashed while it failed: that crash queued the
+		// restart, and this failure is not another one.
 	default:
 		m.crashed(now, fmt.Sprintf("generation %d failed while nothing serves", d.gen))
 	}
@@ -899,13 +921,18 @@ func (m *machine) timer(ev Event) {
 		}
 	case TimerSlot:
 		q := m.queued
-		if q == nil || q.slotBy.IsZero() || ev.Now.Before(q.slotBy) || q.restart || m.draining() < m.cfg.MaxDraining {
+		if q == nil || q.slotBy.IsZero() || ev.Now.Before(q.slotBy) || q.restart || q.initial || m.serving == nil || m.draining() < m.cfg.MaxDraining {
 			return
 		}
 		m.queued = nil
 		err := fmt.Errorf("%w: %d generations still draining after %v (--max-draining %d)",
 			ErrTooManyDraining, m.draining(), m.cfg.ReadyTimeout, m.cfg.MaxDraining)
 		m.log(slog.LevelError, "reload refused", KeyError, err)
+		if m.readySent {
+			// systemd's notify-reload waits for RELOADING=1, then READY=1.
+			m.emit(Action{Kind: ActNotify, Text: "RELOADING=1\nSTATUS=reload refused: too many generations draining"})
+			m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("READY=1\nSTATUS=generation %d serving (pid %d)", m.serving.n, m.serving.pid)})
+		}
 		// No generation was made for it: the result names none.
 		m.answer(q.waiters, Result{Err: err, Started: q.began, Duration: ev.Now.Sub(q.began)})
 	}

@@ -388,6 +388,12 @@ var machineRows = []struct {
 		{ev: ready(4), want: "promote 4; stop 3; timer drain/3; watch 3"},
 		{ev: gone(3), want: "answer 4 ok"},
 	}},
+	{"review 2: a previous supervisor's half-done generation is killed by the machine", []step{
+		{ev: start(AdoptedGen{Gen: 3, PID: 103, Leftover: true}, AdoptedGen{Gen: 2, PID: 102}),
+			want: "kill 3; timer kill-grace/3; watch 3; checks 4"},
+		{ev: checked(4, nil), want: ""},
+		{ev: empty(3), want: "start 4"},
+	}},
 	{"back-to-back reloads while older generations drain, up to the bound", seq(serving2draining1, []step{
 		{ev: reload(w1), want: "checks 3"},
 		{ev: checked(3, nil), want: "start 3"},

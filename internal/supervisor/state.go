@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/changeover-dev/changeover/internal/private"
 	"github.com/changeover-dev/changeover/internal/proc"
 )
@@ -136,8 +134,8 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 
 // adoptFromState returns the generations of a previous supervisor that
 // are still alive and verified as ours: the serving one, and the draining
-// ones with their deadlines. Others (a half-done reload) are killed:
-// nobody would ever promote them.
+// ones with their deadlines. Others (a half-done reload) are returned as
+// leftovers, for the machine to kill: nobody would ever promote them.
 func (s *Supervisor) adoptFromState() adoption {
 	if s.cfg.StateFile == "" {
 		return adoption{}
@@ -182,10 +180,7 @@ func (s *Supervisor) adoptFromState() adoption {
 			in.setDrainDeadline(g.DrainDeadline)
 			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
 		default:
-			s.log.Warn("killing leftover generation of a previous supervisor", KeyGeneration, g.Generation, KeyPID, g.PID)
-			t := proc.NewTarget(g.PID, g.StartTicks)
-			t.Signal(unix.SIGKILL, true)
-			t.Close()
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr), leftover: true})
 		}
 	}
 	return out

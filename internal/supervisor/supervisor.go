@@ -240,6 +240,7 @@ type adoptedInstance struct {
 	in       *Instance
 	draining bool
 	deadline time.Time
+	leftover bool // starting when its supervisor died: the machine kills it
 }
 
 // runLoop is Run's own state: the machine and what performs its actions.
@@ -290,16 +291,19 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	start := Event{Kind: EvStart, LastGen: adopted.lastGen}
 	for _, a := range adopted.gens {
 		l.insts[a.in.Gen] = a.in
-		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline})
-		l.watchExit(a.in)
+		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline, Leftover: a.leftover})
 	}
 	s.post(start)
+	for _, a := range adopted.gens {
+		l.watchExit(a.in) // after EvStart: its exit is about a generation the machine knows
+	}
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	done := ctx.Done()
 	for {
-		for _, ev := range s.takeInbox() {
+		batch := s.takeInbox()
+		for i, ev := range batch {
 			ev.Now = s.now()
 			exit, exitErr := false, error(nil)
 			for _, a := range l.m.Step(ev) {
@@ -313,7 +317,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.stepped(ev)
 			}
 			if exit {
-				s.end()
+				s.end(batch[i+1:])
 				return exitErr
 			}
 			if ev.Kind == EvGroupEmpty {
@@ -347,12 +351,13 @@ func (s *Supervisor) takeInbox() []Event {
 	return evs
 }
 
-// end refuses further events and answers the waiters still queued: Run
+// end refuses further events and answers the waiters still queued (those
+// of rest, the events taken with the last one, and those of the inbox): Run
 // never leaves a client waiting.
-func (s *Supervisor) end() {
+func (s *Supervisor) end(rest []Event) {
 	s.mu.Lock()
 	s.ended = true
-	evs := s.inbox
+	evs := append(rest, s.inbox...)
 	s.inbox = nil
 	s.status.Reloading = false
 	s.mu.Unlock()
