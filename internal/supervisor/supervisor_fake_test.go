@@ -210,7 +210,7 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			adopt := s.os.adopt
 			s.os.adopt = func() adoption {
 				for _, st := range row.steps[:first] {
-					f.reloadAsked(ctx, s, st.ev.Waiter != nil)
+					f.reloadAsked(ctx, s, st.ev.Waiter != nil, true)
 				}
 				return adopt()
 			}
@@ -255,7 +255,7 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 				must := true // the event surely reaches the loop
 				switch ev.Kind {
 				case EvReloadAsked:
-					f.reloadAsked(ctx, s, ev.Waiter != nil)
+					f.reloadAsked(ctx, s, ev.Waiter != nil, false)
 				case EvStopAsked:
 					s.Stop()
 				case EvHurry:
@@ -327,9 +327,10 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 }
 
 // reloadAsked asks s for a reload: a SIGHUP's (no one waits), or a
-// client's whose answer is recorded as an effect. It returns once the
-// request is in the loop's inbox.
-func (f *fakeProcesses) reloadAsked(ctx context.Context, s *Supervisor, waits bool) {
+// client's whose answer is recorded as an effect. With queued (the loop is
+// not running yet: Run is in adopt), it returns once the request is in the
+// inbox; else the caller waits for the loop to step it.
+func (f *fakeProcesses) reloadAsked(ctx context.Context, s *Supervisor, waits, queued bool) {
 	if !waits {
 		s.RequestReload()
 		return
@@ -344,7 +345,7 @@ func (f *fakeProcesses) reloadAsked(ctx context.Context, s *Supervisor, waits bo
 			f.record(fmt.Sprintf("answer %d %s", r.Generation, errName(r.Err)))
 		}
 	}()
-	for deadline := time.Now().Add(5 * time.Second); inbox() <= before && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(5 * time.Second); queued && inbox() <= before && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
 }
