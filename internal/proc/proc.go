@@ -27,16 +27,51 @@ type Stat struct {
 // ErrNoProcess means the PID is not (or no longer) in /proc.
 var ErrNoProcess = errors.New("no such process")
 
-// ReadStat parses /proc/PID/stat.
+// ReadStat parses /proc/PID/stat. It reads the file with one open, one
+// read and one close into a buffer on the stack, and parses without
+// allocating: the supervisor reads every process's stat to list a process
+// group, on the path from a new generation's readiness to the old one's
+// stop signal.
 func ReadStat(pid int) (Stat, error) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	var path [32]byte
+	p := append(append(append(path[:0], "/proc/"...), strconv.Itoa(pid)...), "/stat"...)
+	var buf [1024]byte
+	b, err := readSmall(string(p), buf[:])
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
 			return Stat{}, fmt.Errorf("read stat of pid %d: %w", pid, ErrNoProcess)
 		}
 		return Stat{}, fmt.Errorf("read stat of pid %d: %w", pid, err)
 	}
 	return parseStat(pid, b)
+}
+
+// readSmall reads the file at path into buf (a /proc file that fits) and
+// returns what it read; a longer file is an error.
+func readSmall(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	for errors.Is(err, unix.EINTR) {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			return buf[:n], nil
+		}
+		n += m
+	}
+	return nil, fmt.Errorf("%s: longer than %d bytes", path, len(buf))
 }
 
 func parseStat(pid int, b []byte) (Stat, error) {
@@ -46,23 +81,69 @@ func parseStat(pid int, b []byte) (Stat, error) {
 	if i < 0 || i+2 >= len(b) {
 		return Stat{}, fmt.Errorf("parse stat of pid %d: no ')' in %q", pid, b)
 	}
-	f := strings.Fields(string(b[i+2:]))
-	// f[0] is field 3 (state); field N is f[N-3].
-	if len(f) < 20 {
-		return Stat{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(f))
+	// Fields 3 (state), 4 (ppid), 5 (pgrp) and 22 (starttime), counted
+	// from 1 as proc(5) does, split on spaces without allocating.
+	var f [20][]byte
+	n := 0
+	for rest := b[i+2:]; n < len(f); {
+		rest = bytes.TrimLeft(rest, " \n")
+		if len(rest) == 0 {
+			break
+		}
+		j := bytes.IndexAny(rest, " \n")
+		if j < 0 {
+			j = len(rest)
+		}
+		f[n], rest = rest[:j], rest[j:]
+		n++
+	}
+	if n < len(f) {
+		return Stat{}, fmt.Errorf("parse stat of pid %d: %d fields", pid, n)
 	}
 	st := Stat{PID: pid, State: f[0][0]}
 	var err error
-	if st.PPID, err = strconv.Atoi(f[1]); err != nil {
+	if st.PPID, err = atoi(f[1]); err != nil {
 		return Stat{}, fmt.Errorf("parse ppid of pid %d: %w", pid, err)
 	}
-	if st.PGID, err = strconv.Atoi(f[2]); err != nil {
+	if st.PGID, err = atoi(f[2]); err != nil {
 		return Stat{}, fmt.Errorf("parse pgid of pid %d: %w", pid, err)
 	}
-	if st.StartTime, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+	if st.StartTime, err = parseUint(f[19]); err != nil {
 		return Stat{}, fmt.Errorf("parse start time of pid %d: %w", pid, err)
 	}
 	return st, nil
+}
+
+// atoi parses a decimal int, with an optional '-' (a process with no
+// controlling terminal has tpgid -1; pgrp and ppid are never negative).
+func atoi(b []byte) (int, error) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	u, err := parseUint(b)
+	if err != nil || u > 1<<62 {
+		return 0, fmt.Errorf("not a number: %q", b)
+	}
+	if neg {
+		return -int(u), nil
+	}
+	return int(u), nil
+}
+
+// parseUint parses a decimal uint64 without allocating.
+func parseUint(b []byte) (uint64, error) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, fmt.Errorf("not a number: %q", b)
+	}
+	var u uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("not a number: %q", b)
+		}
+		u = u*10 + uint64(c-'0')
+	}
+	return u, nil
 }
 
 // StartTime returns the start time of pid in clock ticks after boot.
