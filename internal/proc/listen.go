@@ -111,3 +111,54 @@ func GroupListenInodes(pgid int) (map[uint64]bool, error) {
 	}
 	return out, nil
 }
+
+// GroupSockets is what GroupsListening read of one process group.
+type GroupSockets struct {
+	Members   []int      // its live processes
+	Listeners []Listener // the TCP listening sockets they hold
+}
+
+// GroupsListening returns, for each process group in pgids, its live
+// processes and the TCP listening sockets they hold: one pass over /proc
+// and one sock_diag dump for all the groups (GroupListenAddrs and
+// GroupListenInodes make one each per group). Every group asked for has
+// an entry.
+func GroupsListening(pgids ...int) (map[int]*GroupSockets, error) {
+	if listeningSockets == nil {
+		return nil, ErrUnavailable
+	}
+	all, err := listeningSockets()
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	byInode := make(map[uint64]Listener, len(all))
+	for _, s := range all {
+		byInode[s.Inode] = s
+	}
+	pidList, err := pids()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]*GroupSockets, len(pgids))
+	for _, g := range pgids {
+		out[g] = &GroupSockets{}
+	}
+	for _, pid := range pidList {
+		st, err := ReadStat(pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' {
+			continue
+		}
+		g := out[st.PGID]
+		if g == nil {
+			continue
+		}
+		g.Members = append(g.Members, pid)
+		for ino := range SocketInodes(pid) {
+			s, ok := byInode[ino]
+			if ok && !slices.Contains(g.Listeners, s) {
+				g.Listeners = append(g.Listeners, s)
+			}
+		}
+	}
+	return out, nil
+}

@@ -125,6 +125,28 @@ func (t *Target) Signal(sig unix.Signal, group bool) []int {
 	return sent
 }
 
+// SignalListed is Signal(sig, true) for a caller that listed the group's
+// members a moment ago (listed, as GroupsListening does): if the process
+// at PID is still the recorded leader of its group, the group gets one
+// kill(2) at once, without reading all of /proc first, and listed is
+// returned as the PIDs it reached (a process forked since gets the signal
+// too, as with Signal, and is not named). Otherwise, or with listed nil,
+// it is Signal(sig, true). Who gets the signal is decided as Signal
+// decides it; only the list comes from earlier.
+func (t *Target) SignalListed(sig unix.Signal, listed []int) []int {
+	if listed == nil || t.PID <= 1 || t.PID == unix.Getpgrp() || t.Start == 0 {
+		return t.Signal(sig, true)
+	}
+	leader, err := ReadStat(t.PID)
+	if err != nil || leader.StartTime != t.Start || leader.PGID != t.PID || leader.State == 'Z' || leader.State == 'X' {
+		return t.Signal(sig, true)
+	}
+	if err := KillGroup(t.PID, sig); err != nil {
+		return nil
+	}
+	return listed
+}
+
 // Members lists the live processes of the recorded group that a group
 // Signal would reach now: empty once the group is gone or reused.
 func (t *Target) Members() []int {

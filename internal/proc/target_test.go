@@ -4,8 +4,12 @@ package proc
 
 import (
 	"errors"
+	"os/exec"
 	"slices"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeProc is a /proc of a few processes.
@@ -86,5 +90,39 @@ func TestTargetLeaderGone(t *testing.T) {
 	tg.Close()
 	if err := tg.signalLeader(0); !errors.Is(err, ErrNoProcess) {
 		t.Errorf("signalLeader after Close: %v, want ErrNoProcess", err)
+	}
+}
+
+// TestTargetSignalListed: the group of a recorded leader gets the signal,
+// and the listed members are named; a leader that is not the recorded
+// process (another start time) gets nothing, as with Signal.
+func TestTargetSignalListed(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL); <-done })
+	pid := cmd.Process.Pid
+	ticks, err := StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := NewTarget(pid, ticks+1).SignalListed(unix.SIGTERM, []int{pid}); got != nil {
+		t.Errorf("a leader with another start time was signalled: %v", got)
+	}
+	select {
+	case <-done:
+		t.Fatal("the process got the signal meant for another start time")
+	default:
+	}
+	if got := NewTarget(pid, ticks).SignalListed(unix.SIGTERM, []int{pid}); !slices.Equal(got, []int{pid}) {
+		t.Errorf("SignalListed = %v, want [%d]", got, pid)
+	}
+	<-done
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("the leader ended %v, want killed by SIGTERM", cmd.ProcessState)
 	}
 }
