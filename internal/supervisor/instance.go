@@ -58,6 +58,63 @@ type Instance struct {
 	state         string
 	exit          string
 	drainDeadline time.Time
+	// listening: the inodes of the listening sockets its group held, and
+	// its members, when the coverage check of the generation replacing it
+	// read them, and when; its stop uses them rather than reading /proc
+	// again (see listenersAtStop and signalStop).
+	listening        map[uint64]bool
+	listeningMembers []int
+	listeningAt      time.Time
+}
+
+// listeningFresh is how old a snapshot of an instance's group (listening
+// sockets, members) its stop may use instead of reading it again.
+const listeningFresh = time.Second
+
+// noteListening records what its group holds now: the inodes of its
+// listening sockets, and its members.
+func (in *Instance) noteListening(inodes map[uint64]bool, members []int, at time.Time) {
+	in.mu.Lock()
+	in.listening, in.listeningMembers, in.listeningAt = inodes, members, at
+	in.mu.Unlock()
+}
+
+// snapshot returns the fresh snapshot of its group, if there is one.
+func (in *Instance) snapshot(now time.Time) (inodes map[uint64]bool, members []int, ok bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.listening == nil || now.Sub(in.listeningAt) >= listeningFresh {
+		return nil, nil, false
+	}
+	return in.listening, in.listeningMembers, true
+}
+
+// listenersAtStop returns the inodes of the listening sockets of in's
+// group as its stop signal goes: the snapshot the coverage check of its
+// replacement took a moment ago if it is fresh (a scan of /proc less
+// between "ready" and the stop signal, where the cutover waits), else
+// read now.
+func (in *Instance) listenersAtStop(now time.Time) map[uint64]bool {
+	if inodes, _, ok := in.snapshot(now); ok {
+		return inodes
+	}
+	sockets, _ := proc.GroupListenInodes(in.PGID)
+	return sockets
+}
+
+// signalStop is kill(sig, group) for the stop signal: to the group, with
+// a fresh snapshot of its members, the signal goes at once (one kill(2),
+// if the leader is still the recorded process) and the snapshot names
+// who it reached (see proc.Target.SignalListed).
+func (in *Instance) signalStop(sig unix.Signal, group bool) []int {
+	if !group || in.target == nil || in.PGID <= 1 || in.PGID != in.PID {
+		return in.kill(sig, group)
+	}
+	_, members, ok := in.snapshot(time.Now())
+	if !ok {
+		return in.kill(sig, group)
+	}
+	return in.target.SignalListed(sig, members)
 }
 
 // DrainDeadline is when a draining instance gets SIGKILL (zero before its
@@ -492,7 +549,7 @@ const groupPollInterval = 20 * time.Millisecond
 func stopInstance(in *Instance, l *Launch, drain time.Duration, hurry <-chan struct{}, log *slog.Logger) stopOutcome {
 	var sockets map[uint64]bool
 	if in.PGID > 0 {
-		sockets, _ = proc.GroupListenInodes(in.PGID)
+		sockets = in.listenersAtStop(time.Now())
 	}
 	sendStop(in, l, log)
 	t := time.NewTimer(drain)

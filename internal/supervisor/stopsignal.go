@@ -53,7 +53,7 @@ func sendStop(in *Instance, l *Launch, log *slog.Logger) []int {
 	sig, mode := l.stopSignal(), l.killMode()
 	// With the group, one kill(2) reaches a process forked after the
 	// members were listed too, though it is not in the list.
-	pids := in.kill(sig, mode == KillGroup)
+	pids := in.signalStop(sig, mode == KillGroup)
 	log.Info("stop signal sent", KeyGeneration, in.Gen, KeyPID, in.PID,
 		"signal", signalName(sig), "kill_mode", string(mode), "pids", pids)
 	return pids

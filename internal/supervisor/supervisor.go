@@ -433,7 +433,7 @@ func (l *runLoop) perform(a Action) {
 		s.log.Info("draining", KeyGeneration, a.Gen, KeyPID, in.PID, "deadline", a.At.Round(time.Millisecond))
 		var sockets map[uint64]bool
 		if in.PGID > 0 && !in.Adopted {
-			sockets, _ = proc.GroupListenInodes(in.PGID)
+			sockets = in.listenersAtStop(s.now())
 		}
 		if err := s.os.stop(in); err != nil {
 			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
@@ -638,7 +638,9 @@ func (s *Supervisor) prepare(ctx context.Context, gen int, serving *Instance) (*
 	if err != nil {
 		return nil, err
 	}
-	if serving != nil {
+	if serving != nil && slices.ContainsFunc(s.cfg.Probes, func(spec string) bool { _, ok := ProbeTarget(spec); return ok }) {
+		// Only a probe with an address of its own can hit the old
+		// instance's ports: without one, no scan of /proc.
 		if err := s.checkProbes(serving); err != nil {
 			return nil, err
 		}
@@ -757,15 +759,26 @@ func sharedListenAddrs(in *Instance) ([]netip.AddrPort, error) {
 }
 
 // checkCoverage fails if the new instance does not listen on an address
-// that the old one shares with SO_REUSEPORT.
+// that the old one shares with SO_REUSEPORT. Both groups are read in one
+// pass (one scan of /proc, one sock_diag dump), and the old group's
+// listening sockets are kept for its stop signal (listenersAtStop), which
+// follows at once when this passes.
 func checkCoverage(in, old *Instance) error {
-	oldAddrs, err := sharedListenAddrs(old)
+	byGroup, err := proc.GroupsListening(in.PGID, old.PGID)
 	if err != nil {
 		return nil
 	}
-	newAddrs, err := proc.GroupListenAddrs(in.PGID)
-	if err != nil {
-		return nil
+	inodes := map[uint64]bool{}
+	var oldAddrs, newAddrs []netip.AddrPort
+	for _, l := range byGroup[old.PGID].Listeners {
+		inodes[l.Inode] = true
+		if !slices.Contains(oldAddrs, l.Addr) && l.Addr.String() != old.HealthAddr && reusePortShared(l.Addr) {
+			oldAddrs = append(oldAddrs, l.Addr)
+		}
+	}
+	old.noteListening(inodes, byGroup[old.PGID].Members, time.Now())
+	for _, l := range byGroup[in.PGID].Listeners {
+		newAddrs = append(newAddrs, l.Addr)
 	}
 	if miss := proc.Missing(newAddrs, oldAddrs); len(miss) > 0 {
 		return fmt.Errorf("%w: new instance does not listen on %s, which generation %d serves", ErrNotReady, miss[0], old.Gen)
