@@ -342,7 +342,9 @@ func runCheck(ctx context.Context, r *reaper.Reaper, check, dir string, env []st
 }
 
 // startInstance starts generation gen. It does not wait for readiness.
-func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env []string) (*Instance, error) {
+// Its stderr relay (l.Relay) is taken from relays, started ahead of time
+// (nil: started now).
+func startInstance(r *reaper.Reaper, l *Launch, relays *relayPool, gen int, path, dir string, env []string) (*Instance, error) {
 	haddr, err := healthcheck.FreeLoopbackAddr()
 	if err != nil {
 		return nil, fmt.Errorf("generation %d: pick health address: %w", gen, err)
@@ -373,9 +375,11 @@ func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env [
 	}
 	var relayIn *os.File
 	if l.Relay != nil {
-		relayIn = startRelay(r, l, in)
-		if relayIn != nil {
+		if rl := relays.take(r, l); rl != nil {
+			relayIn = rl.stderr
 			cmd.Stderr = relayIn
+			in.tail = newTail(8192)
+			go in.tail.drain(rl.tail)
 		}
 	}
 	child, err := r.Start(cmd)
@@ -400,37 +404,6 @@ func startInstance(r *reaper.Reaper, l *Launch, gen int, path, dir string, env [
 		close(in.done)
 	}()
 	return in, nil
-}
-
-// startRelay starts the stderr relay and returns the write end of the pipe
-// to give the instance as stderr, or nil.
-func startRelay(r *reaper.Reaper, l *Launch, in *Instance) *os.File {
-	ir, iw, err := os.Pipe()
-	if err != nil {
-		return nil
-	}
-	tr, tw, err := os.Pipe()
-	if err != nil {
-		ir.Close()
-		iw.Close()
-		return nil
-	}
-	cmd := exec.Command(l.Relay[0], l.Relay[1:]...)
-	cmd.Env = append(os.Environ(), EnvRelay+"=1")
-	cmd.Stdout = l.Stderr
-	cmd.ExtraFiles = []*os.File{ir, tw}
-	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
-	_, err = r.Start(cmd)
-	ir.Close()
-	tw.Close()
-	if err != nil {
-		iw.Close()
-		tr.Close()
-		return nil
-	}
-	in.tail = newTail(8192)
-	go in.tail.drain(tr)
-	return iw
 }
 
 // allow accepts notify messages from the instance's process group only.

@@ -6,11 +6,14 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/changeover-dev/changeover/internal/reaper"
 )
 
 // Stderr tail, and why a relay process.
@@ -115,4 +118,131 @@ func (t *Tail) drain(r io.ReadCloser) {
 	defer close(t.drained)
 	_, _ = io.Copy(t, r)
 	_ = r.Close()
+}
+
+// relay is a stderr relay process that runs: stderr is the write end of
+// the pipe it reads (the instance's stderr), tail the read end of the
+// pipe it copies to.
+type relay struct {
+	stderr, tail *os.File
+	proc         *reaper.Child
+}
+
+// alive reports whether the relay process still runs: a spare that died
+// (killed by someone) would leave the instance a pipe nobody reads.
+func (rl *relay) alive() bool {
+	select {
+	case <-rl.proc.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+func (rl *relay) close() {
+	rl.stderr.Close() // the relay reads EOF and exits
+	rl.tail.Close()
+}
+
+// startRelay starts a stderr relay; nil if it cannot.
+func startRelay(r *reaper.Reaper, l *Launch) *relay {
+	ir, iw, err := os.Pipe()
+	if err != nil {
+		return nil
+	}
+	tr, tw, err := os.Pipe()
+	if err != nil {
+		ir.Close()
+		iw.Close()
+		return nil
+	}
+	cmd := exec.Command(l.Relay[0], l.Relay[1:]...)
+	cmd.Env = append(os.Environ(), EnvRelay+"=1")
+	cmd.Stdout = l.Stderr
+	cmd.ExtraFiles = []*os.File{ir, tw}
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	child, err := r.Start(cmd)
+	ir.Close()
+	tw.Close()
+	if err != nil {
+		iw.Close()
+		tr.Close()
+		return nil
+	}
+	return &relay{stderr: iw, tail: tr, proc: child}
+}
+
+// relayPool keeps one stderr relay started ahead for the next generation:
+// starting a process (fork and exec of this executable) is then off the
+// path from a reload's trigger to its new instance's start. A spare relay
+// that is never used exits when the supervisor does: its pipe's write end
+// closes, it reads EOF.
+type relayPool struct {
+	mu     sync.Mutex
+	spare  *relay
+	filled chan struct{} // closed once the refill under way has ended; nil: none under way
+	closed bool
+}
+
+// take returns the spare relay (waiting for one being started), else starts
+// one; then starts the next spare in the background. Nil if no relay could
+// be started. A nil pool starts one each time.
+func (p *relayPool) take(r *reaper.Reaper, l *Launch) *relay {
+	if p == nil {
+		return startRelay(r, l)
+	}
+	p.mu.Lock()
+	filling := p.filled
+	p.mu.Unlock()
+	if filling != nil {
+		<-filling
+	}
+	p.mu.Lock()
+	rl := p.spare
+	p.spare = nil
+	if !p.closed {
+		done := make(chan struct{})
+		p.filled = done
+		go func() {
+			defer close(done)
+			next := startRelay(r, l)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.closed || next == nil {
+				if next != nil {
+					next.close()
+				}
+				return
+			}
+			p.spare = next
+		}()
+	}
+	p.mu.Unlock()
+	if rl != nil && !rl.alive() {
+		rl.close()
+		rl = nil
+	}
+	if rl == nil {
+		rl = startRelay(r, l)
+	}
+	return rl
+}
+
+// close ends the spare relay and starts no other.
+func (p *relayPool) close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.closed = true
+	rl := p.spare
+	p.spare = nil
+	filling := p.filled
+	p.mu.Unlock()
+	if rl != nil {
+		rl.close()
+	}
+	if filling != nil {
+		<-filling
+	}
 }

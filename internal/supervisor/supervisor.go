@@ -119,6 +119,7 @@ type Supervisor struct {
 	now func() time.Time // the events' clock
 
 	stepped func(Event) // tests: called after each event's actions
+	relays  *relayPool  // the next generation's stderr relay, started ahead
 
 	mu     sync.Mutex
 	inbox  []Event
@@ -139,7 +140,7 @@ func New(cfg Config) *Supervisor {
 	if cfg.MaxDraining <= 0 {
 		cfg.MaxDraining = DefaultMaxDraining
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), now: time.Now}
+	s := &Supervisor{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), now: time.Now, relays: &relayPool{}}
 	s.os = s.realProcesses()
 	s.status = Status{Name: cfg.Name, PID: os.Getpid()}
 	return s
@@ -286,6 +287,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		for _, in := range l.insts {
 			in.closeNotify()
 		}
+		s.relays.close()
 	}()
 	adopted := s.os.adopt()
 	start := Event{Kind: EvStart, LastGen: adopted.lastGen}
@@ -657,7 +659,7 @@ func (s *Supervisor) start(gen int, p *prepared) (*Instance, error) {
 	if p == nil {
 		return nil, fmt.Errorf("%w: generation %d was not prepared", ErrStart, gen)
 	}
-	return startInstance(s.cfg.Reaper, &s.cfg.Launch, gen, p.path, p.dir, p.env)
+	return startInstance(s.cfg.Reaper, &s.cfg.Launch, s.relays, gen, p.path, p.dir, p.env)
 }
 
 // coveragePoll is how often a ready instance's listeners are compared
