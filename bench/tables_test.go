@@ -105,3 +105,36 @@ func TestNotesOnlyWhenTheRunShowsThem(t *testing.T) {
 		}
 	}
 }
+
+// TestFillTablesSkipsCodeFences: a marker shown as an example inside a
+// fenced code block (as bench/README.md shows one) is text, not a table
+// to fill: the block is left as it is, and the real markers after it are
+// still filled.
+func TestFillTablesSkipsCodeFences(t *testing.T) {
+	dir := t.TempDir()
+	b, err := json.Marshal(sampleReport())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "full.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	md := filepath.Join(dir, "README.md")
+	example := "```\n<!-- bench:table summary results/full.json BEGIN -->\n<!-- bench:table summary END -->\n```\n"
+	tilde := "~~~md\n<!-- bench:table nosuchtable nosuch.json BEGIN -->\n~~~\n"
+	before := "put marker pairs around a table\n\n" + example + "\nor\n\n" + tilde +
+		"\n<!-- bench:table summary full.json BEGIN -->\n<!-- bench:table summary END -->\n"
+	if err := os.WriteFile(md, []byte(before), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := regenerateTables(dir, []string{md}); err != nil {
+		t.Fatalf("regenerateTables: %v", err)
+	}
+	got, _ := os.ReadFile(md)
+	if !strings.Contains(string(got), "put marker pairs around a table\n\n"+example+"\nor\n\n"+tilde) {
+		t.Errorf("the fenced examples changed:\n%s", got)
+	}
+	if !strings.Contains(string(got), "<!-- bench:table summary full.json BEGIN -->\n| method |") {
+		t.Errorf("the marker after the fences was not filled:\n%s", got)
+	}
+}
