@@ -30,10 +30,11 @@ const (
 	kindEOF     // the connection closed (FIN) before the answer's headers
 	kindTimeout // no complete answer within the per-request timeout
 	kindOther
+	kindStranger // a 2xx naming a PID that is not one of the bench's server instances
 	numKinds
 )
 
-var kindNames = [numKinds]string{"ok", "cut short", "4xx", "5xx", "no version/pid", "refused", "reset", "EOF", "timeout", "other"}
+var kindNames = [numKinds]string{"ok", "cut short", "4xx", "5xx", "no version/pid", "refused", "reset", "EOF", "timeout", "other", "not the bench's server"}
 
 // classify maps the error of a request that got no answer (client.Do
 // failed) to a failure kind.
@@ -57,7 +58,7 @@ func classify(err error) uint8 {
 
 // classifyAnswer maps an answer (its headers arrived) to an outcome kind:
 // bodyErr is the error reading its body, nil when the body was complete.
-func classifyAnswer(status int, body []byte, bodyErr error) uint8 {
+func classifyAnswer(status int, body []byte, bodyErr error, isServer func(pid int32) bool) uint8 {
 	var ne net.Error
 	switch {
 	case bodyErr != nil && (errors.Is(bodyErr, context.DeadlineExceeded) || errors.Is(bodyErr, os.ErrDeadlineExceeded) ||
@@ -182,7 +183,7 @@ func doRequest(cl *http.Client, req *http.Request) sample {
 	// the client read forever.
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
-	s.kind = classifyAnswer(resp.StatusCode, body, rerr)
+	s.kind = classifyAnswer(resp.StatusCode, body, rerr, nil)
 	if s.kind == kindOK {
 		s.pid = parsePID(body)
 	}

@@ -91,10 +91,14 @@ func TestClassifyAnswer(t *testing.T) {
 		{"no pid", 200, []byte("version=1\n"), nil, kindBadBody},
 		{"no version", 200, []byte("pid=77\n"), nil, kindBadBody},
 		{"garbage pid", 200, []byte("version=1 pid=x\n"), nil, kindBadBody},
+		// Any PID is not enough: it must be one of the bench's own server
+		// instances (here 77), not whatever else answers on the port.
+		{"a pid that is not the bench's server", 200, []byte("version=1.2 pid=78\n"), nil, kindStranger},
 	}
+	isServer := func(pid int32) bool { return pid == 77 }
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := classifyAnswer(c.status, c.body, c.bodyErr); got != c.want {
+			if got := classifyAnswer(c.status, c.body, c.bodyErr, isServer); got != c.want {
 				t.Errorf("classifyAnswer(%d, %q, %v) = %s, want %s", c.status, c.body, c.bodyErr, kindNames[got], kindNames[c.want])
 			}
 		})
