@@ -90,9 +90,17 @@ func regenerateTables(benchDir string, files []string) (changed []string, err er
 func fillTables(md []byte, load func(rel string) (*report, error)) ([]byte, error) {
 	lines := strings.SplitAfter(string(md), "\n")
 	var out strings.Builder
+	fence := "" // the fence of the code block we are in ("" outside one)
 	for i := 0; i < len(lines); i++ {
 		line := lines[i]
 		out.WriteString(line)
+		if f, ok := fenceOf(line, fence); ok {
+			fence = f
+			continue
+		}
+		if fence != "" {
+			continue // a marker shown in a code block is an example
+		}
 		name, src, ok := beginMarker(line)
 		if !ok {
 			continue
@@ -123,6 +131,37 @@ func fillTables(md []byte, load func(rel string) (*report, error)) ([]byte, erro
 		i = j
 	}
 	return []byte(out.String()), nil
+}
+
+// fenceOf reports whether line opens or closes a fenced code block
+// (CommonMark: three or more backticks or tildes, indented at most three
+// spaces) and returns the fence we are in after it: the opening run when
+// it opens one (open is ""), "" when it closes open (the same character,
+// at least as long, nothing after it).
+func fenceOf(line, open string) (string, bool) {
+	l := strings.TrimRight(line, "\r\n")
+	trimmed := strings.TrimLeft(l, " ")
+	if len(l)-len(trimmed) > 3 || len(trimmed) < 3 || (trimmed[0] != '`' && trimmed[0] != '~') {
+		return open, false
+	}
+	c := trimmed[0]
+	n := 0
+	for n < len(trimmed) && trimmed[n] == c {
+		n++
+	}
+	if n < 3 {
+		return open, false
+	}
+	if open == "" {
+		if c == '`' && strings.Contains(trimmed[n:], "`") {
+			return open, false // an inline code span, not a fence
+		}
+		return trimmed[:n], true
+	}
+	if c == open[0] && n >= len(open) && strings.TrimSpace(trimmed[n:]) == "" {
+		return "", true
+	}
+	return open, false
 }
 
 // beginMarker parses "<!-- bench:table NAME FILE BEGIN -->".
