@@ -57,7 +57,9 @@ func classify(err error) uint8 {
 }
 
 // classifyAnswer maps an answer (its headers arrived) to an outcome kind:
-// bodyErr is the error reading its body, nil when the body was complete.
+// bodyErr is the error reading its body, nil when the body was complete;
+// isServer (nil: any) says whether the PID the body names is one of the
+// bench's server instances.
 func classifyAnswer(status int, body []byte, bodyErr error, isServer func(pid int32) bool) uint8 {
 	var ne net.Error
 	switch {
@@ -74,6 +76,8 @@ func classifyAnswer(status int, body []byte, bodyErr error, isServer func(pid in
 		return kindOther
 	case parsePID(body) == 0 || !bytes.Contains(body, []byte("version=")):
 		return kindBadBody
+	case isServer != nil && !isServer(parsePID(body)):
+		return kindStranger
 	}
 	return kindOK
 }
@@ -117,6 +121,9 @@ type loadConfig struct {
 	t0       time.Time     // the run's time origin
 	deadline time.Time     // hard bound; the load normally ends earlier, at stop
 	stop     <-chan struct{}
+	// isServer says whether a PID is one of the bench's server instances
+	// (nil: any PID in the body will do).
+	isServer func(pid int32) bool
 }
 
 func checkLoopback(addr string) {
@@ -162,7 +169,7 @@ func parsePID(b []byte) int32 {
 // answer (shouldRetryRequest in transport.go). Each connection the request
 // gets shows as a GotConn in its trace, so GotConn count - 1 is the number
 // of silent retries.
-func doRequest(cl *http.Client, req *http.Request) sample {
+func doRequest(cl *http.Client, req *http.Request, isServer func(int32) bool) sample {
 	var s sample
 	var conns int
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
@@ -183,7 +190,7 @@ func doRequest(cl *http.Client, req *http.Request) sample {
 	// the client read forever.
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
-	s.kind = classifyAnswer(resp.StatusCode, body, rerr, nil)
+	s.kind = classifyAnswer(resp.StatusCode, body, rerr, isServer)
 	if s.kind == kindOK {
 		s.pid = parsePID(body)
 	}
@@ -217,7 +224,7 @@ func runLoad(ctx context.Context, cfg loadConfig) []sample {
 					req, _ = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 				}
 				st := time.Now()
-				s := doRequest(cl, req)
+				s := doRequest(cl, req, cfg.isServer)
 				if s.kind != kindOK && ctx.Err() != nil {
 					break // stopped by the bench (interrupted), not a failure
 				}
@@ -255,13 +262,14 @@ func stopped(c <-chan struct{}) bool {
 
 // prober asks the server which PID answers, on a new connection each time.
 type prober struct {
-	addr string
-	cl   *http.Client
+	addr     string
+	cl       *http.Client
+	isServer func(int32) bool // nil: any
 }
 
-func newProber(addr string) *prober {
+func newProber(addr string, isServer func(int32) bool) *prober {
 	checkLoopback(addr)
-	return &prober{addr: addr, cl: &http.Client{Transport: newTransport(false), Timeout: time.Second}}
+	return &prober{addr: addr, cl: &http.Client{Transport: newTransport(false), Timeout: time.Second}, isServer: isServer}
 }
 
 func (p *prober) pid() (int, error) {
@@ -280,6 +288,9 @@ func (p *prober) pid() (int, error) {
 	pid := int(parsePID(b))
 	if pid == 0 {
 		return 0, fmt.Errorf("no pid in %q", b)
+	}
+	if p.isServer != nil && !p.isServer(int32(pid)) {
+		return 0, fmt.Errorf("pid %d is not one of the bench's server instances (%q)", pid, b)
 	}
 	return pid, nil
 }

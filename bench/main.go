@@ -138,6 +138,7 @@ func run() int {
 	bc := &benchCtx{tmp: tmp, outDir: *flagOut}
 	progress("building benchserver and changeover into %s", tmp)
 	bc.serverBin = filepath.Join(tmp, "benchserver")
+	bc.servers = newServerPIDs(bc.serverBin)
 	if out, err := goBuild(".", bc.serverBin, "./cmd/benchserver"); err != nil {
 		fmt.Fprintf(os.Stderr, "build benchserver: %v\n%s", err, out)
 		return 1

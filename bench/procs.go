@@ -199,3 +199,27 @@ func (w *readyWatcher) wait(d time.Duration) (int, error) {
 		return 0, fmt.Errorf("no READY within %v", d)
 	}
 }
+
+// serverPIDs tells whether a PID is one of the bench's server instances: a
+// process running the benchserver executable this bench run built (its
+// /proc/PID/exe). It is read the first time a PID answers, while the
+// process serves, and remembered: an instance that exits later stays one.
+type serverPIDs struct {
+	exe  string
+	mu   sync.Mutex
+	seen map[int32]bool
+}
+
+func newServerPIDs(exe string) *serverPIDs { return &serverPIDs{exe: exe, seen: map[int32]bool{}} }
+
+func (s *serverPIDs) is(pid int32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ok, known := s.seen[pid]; known {
+		return ok
+	}
+	exe, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(int(pid)), "exe"))
+	ok := err == nil && exe == s.exe
+	s.seen[pid] = ok
+	return ok
+}

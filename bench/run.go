@@ -65,6 +65,7 @@ type benchCtx struct {
 	tmp        string
 	outDir     string
 	runs       int
+	servers    *serverPIDs // which PIDs are the bench's server instances
 }
 
 // runScenario runs one method under one scenario and returns what clients saw.
@@ -113,7 +114,7 @@ func runScenario(ctx context.Context, bc *benchCtx, mi methodInfo, sc scenario) 
 	defer tracked.killAll()
 	defer m.stop(e)
 
-	pr := newProber(addr)
+	pr := newProber(addr, bc.servers.is)
 	if err := m.start(e); err != nil {
 		res.Error = "start: " + err.Error()
 		return res
@@ -144,7 +145,7 @@ func runScenario(ctx context.Context, bc *benchCtx, mi methodInfo, sc scenario) 
 	t0 := time.Now()
 	stopLoad := make(chan struct{})
 	cfg := loadConfig{addr: addr, mode: sc.mode, path: sc.path, clients: sc.clients, timeout: sc.timeout,
-		maxReqs: 5_000_000, t0: t0, stop: stopLoad,
+		maxReqs: 5_000_000, t0: t0, stop: stopLoad, isServer: bc.servers.is,
 		deadline: t0.Add(planned + time.Duration(restarts)*(sc.interval+restartLimit+5*time.Second))}
 	var samples []sample
 	loadDone := make(chan struct{})
