@@ -144,10 +144,13 @@ func bootSystemd(t *testing.T, r debianRoot, setup func(upper string)) *bootedSy
 	}
 	defer dir.Close()
 	s := &bootedSystemd{t: t, cgroup: cg, out: &bytes.Buffer{}, version: r.systemdVersion}
-	s.boot = exec.Command("unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--propagation", "private",
+	// If the test process dies, unshare gets SIGKILL (Pdeathsig) and its
+	// child, the namespace's PID 1, gets SIGKILL too (--kill-child): no
+	// systemd is left running on the host.
+	s.boot = exec.Command("unshare", "--fork", "--kill-child", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--propagation", "private",
 		"/bin/sh", "-c", bootScript, "boot", r.dir, rw, merged)
 	s.boot.Stdout, s.boot.Stderr = s.out, s.out
-	s.boot.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	s.boot.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: int(dir.Fd()), Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
 	if err := s.boot.Start(); err != nil {
 		t.Fatalf("unshare: %v", err)

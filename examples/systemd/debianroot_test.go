@@ -145,7 +145,10 @@ func buildBaseRoot(dir, mirror string) error {
 		return err
 	}
 	root := filepath.Join(dir, "root")
-	if out, err := exec.Command("debootstrap", "--variant=minbase", debianSuite, root, mirror).CombinedOutput(); err != nil {
+	// In a mount namespace of its own: the proc and sys it mounts in the
+	// root go with it if the test dies, instead of staying on the host.
+	if out, err := exec.Command("unshare", "--mount", "--propagation", "private",
+		"debootstrap", "--variant=minbase", debianSuite, root, mirror).CombinedOutput(); err != nil {
 		return fmt.Errorf("debootstrap %s %s: %w\n%s", debianSuite, mirror, err, tail(string(out), 3000))
 	}
 	// The units run as User=demo, Group=demo.
