@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,9 +26,13 @@ var (
 	flagClients  = flag.Int("clients", 8, "concurrent clients")
 	flagRestarts = flag.Int("restarts", 0, "restarts per run (default 10, -quick 2)")
 	flagInterval = flag.Duration("interval", 0, "time between restarts (default 3s, -quick 2s)")
-	flagMethods  = flag.String("methods", "", "comma list of methods (default all): bare,run,swap,tableflip,tableflip-careful,fdpass,naive,stopstart")
+	flagMethods  = flag.String("methods", "", "comma list of methods (default all but run-reload): bare,run,run-reload,swap,tableflip,tableflip-careful,fdpass,naive,stopstart")
+	flagScens    = flag.String("scenarios", "", "comma list of scenarios (default load,idle,sleep; -quick: load): load (restarts under load), idle (one restart with idle keep-alive connections open), sleep (one restart during 2 s requests)")
+	flagIdle     = flag.String("idle", "100,1000,10000", "idle scenario: comma list of idle keep-alive connection counts (0: none)")
+	flagIdleRuns = flag.Int("idle-runs", 1, "idle scenario: runs of each method at each count")
 	flagModes    = flag.String("modes", "", "comma list of load modes (default all): newconn,keepalive,post")
 	flagOut      = flag.String("out", "results", "directory for the JSON and SVG results")
+	flagName     = flag.String("name", "", "name of the run and of its results files, NAME.json, NAME.md... (default full, -quick: quick)")
 	flagTables   = flag.Bool("tables", false, "run no bench: regenerate the tables between <!-- bench:table NAME FILE BEGIN/END --> markers in the markdown files given as arguments, from the results JSON FILE (relative to bench/)")
 )
 
@@ -67,6 +72,8 @@ type report struct {
 	Dirty       bool         `json:"dirty"`
 	DirtyPaths  []string     `json:"dirty_paths,omitempty"`
 	Quick       bool         `json:"quick"`
+	Name        string       `json:"name,omitempty"` // -name: a focused run
+	Scenarios   []string     `json:"scenarios,omitempty"`
 	Clients     int          `json:"clients"`
 	Restarts    int          `json:"restarts"`
 	IntervalSec float64      `json:"interval_s"`
@@ -172,30 +179,59 @@ func run() int {
 	if !needCO {
 		rep.Changeover = ""
 	}
+	if *flagName != "" {
+		if strings.ContainsAny(*flagName, "/\\ ") || strings.HasPrefix(*flagName, ".") {
+			fmt.Fprintf(os.Stderr, "-name %q: want a plain file name\n", *flagName)
+			return 2
+		}
+		rep.Name = *flagName
+	}
 
 	var plan []func() *runResult
 	warm := 2 * time.Second
 	if *flagQuick {
 		warm = 1500 * time.Millisecond
 	}
+	scens, err := pickScenarios(*flagScens, *flagQuick)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	idleCounts, err := pickCounts(*flagIdle)
+	if err != nil || *flagIdleRuns < 1 {
+		fmt.Fprintf(os.Stderr, "-idle wants counts such as 0,10000 and -idle-runs at least 1: %v\n", err)
+		return 2
+	}
+	for _, sc := range []string{"load", "idle", "sleep"} {
+		if scens[sc] {
+			rep.Scenarios = append(rep.Scenarios, sc)
+		}
+	}
 	for _, mode := range modes {
+		if !scens["load"] {
+			break
+		}
 		for _, mi := range methods {
 			sc := scenario{name: "load", mode: mode, path: "/", clients: *flagClients, timeout: 5 * time.Second,
 				warmup: warm, restarts: restarts, interval: interval, tail: max(interval, 2*time.Second)}
 			plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
 		}
 	}
-	if !*flagQuick {
-		for _, n := range []int{100, 1000, 10000} {
-			for _, mi := range methods {
-				if !mi.restart {
-					continue
+	if scens["idle"] {
+		for _, n := range idleCounts {
+			for range *flagIdleRuns {
+				for _, mi := range methods {
+					if !mi.restart {
+						continue
+					}
+					sc := scenario{name: "idle", mode: modeKeepAlive, path: "/", clients: *flagClients, timeout: 5 * time.Second,
+						warmup: 1500 * time.Millisecond, restarts: 1, interval: 3 * time.Second, tail: 3 * time.Second, idleConns: n}
+					plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
 				}
-				sc := scenario{name: "idle", mode: modeKeepAlive, path: "/", clients: *flagClients, timeout: 5 * time.Second,
-					warmup: 1500 * time.Millisecond, restarts: 1, interval: 3 * time.Second, tail: 3 * time.Second, idleConns: n}
-				plan = append(plan, func() *runResult { return runScenario(ctx, bc, mi, sc) })
 			}
 		}
+	}
+	if scens["sleep"] {
 		for _, mi := range methods {
 			if !mi.restart {
 				continue
@@ -231,6 +267,9 @@ func run() int {
 	if *flagQuick {
 		prefix = "quick"
 	}
+	if rep.Name != "" {
+		prefix = rep.Name
+	}
 	jb, _ := json.MarshalIndent(rep, "", "  ")
 	jpath := filepath.Join(*flagOut, prefix+".json")
 	if err := os.WriteFile(jpath, jb, 0o644); err != nil {
@@ -243,6 +282,14 @@ func run() int {
 	if err := os.WriteFile(mpath, []byte(md.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
+	}
+	if !hasScenario(rep, "load") {
+		// The plots show the load runs.
+		progress("wrote %s and %s (%.0fs in all)", jpath, mpath, time.Since(progressStart).Seconds())
+		if ctx.Err() != nil {
+			return 130
+		}
+		return 0
 	}
 	hpath := filepath.Join(*flagOut, prefix+"-headline.svg")
 	if err := writeHeadline(hpath, rep); err != nil {
@@ -283,7 +330,13 @@ func runTables(files []string) int {
 
 func pickMethods(s string) ([]methodInfo, error) {
 	if s == "" {
-		return methodInfos, nil
+		var out []methodInfo
+		for _, m := range methodInfos {
+			if m.name != "run-reload" { // the same supervisor as run; asked for by name
+				out = append(out, m)
+			}
+		}
+		return out, nil
 	}
 	var out []methodInfo
 	for _, n := range strings.Split(s, ",") {
@@ -292,6 +345,36 @@ func pickMethods(s string) ([]methodInfo, error) {
 			return nil, fmt.Errorf("unknown method %q", n)
 		}
 		out = append(out, mi)
+	}
+	return out, nil
+}
+
+func pickScenarios(s string, quick bool) (map[string]bool, error) {
+	if s == "" {
+		if quick {
+			return map[string]bool{"load": true}, nil
+		}
+		return map[string]bool{"load": true, "idle": true, "sleep": true}, nil
+	}
+	out := map[string]bool{}
+	for _, n := range strings.Split(s, ",") {
+		n = strings.TrimSpace(n)
+		if n != "load" && n != "idle" && n != "sleep" {
+			return nil, fmt.Errorf("unknown scenario %q (load, idle, sleep)", n)
+		}
+		out[n] = true
+	}
+	return out, nil
+}
+
+func pickCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 || n > 100_000 {
+			return nil, fmt.Errorf("bad count %q", f)
+		}
+		out = append(out, n)
 	}
 	return out, nil
 }

@@ -83,6 +83,9 @@ var methodInfos = []methodInfo{
 		note: "baseline for the throughput ratio"},
 	{name: "run", title: "changeover run (SIGHUP)", restart: true, needsChangeover: true,
 		make: func() method { return &runMethod{} }},
+	{name: "run-reload", title: "changeover run (changeover reload)", restart: true, needsChangeover: true,
+		make: func() method { return &runMethod{viaReload: true} },
+		note: "the same supervisor; each restart runs `changeover reload`, which returns once the old instance's listeners are gone: its time is the reload's"},
 	{name: "swap", title: "changeover swap", restart: true, needsChangeover: true,
 		make: func() method { return &swapMethod{} }},
 	{name: "tableflip", title: "cloudflare/tableflip v1.2.3, as documented", restart: true,
@@ -202,15 +205,18 @@ func (m *signalMethod) stop(e *env) {
 
 func (m *signalMethod) supervisor() *supStats { return nil }
 
-// runMethod: `changeover run -- benchserver -method runner`; SIGHUP reloads.
+// runMethod: `changeover run -- benchserver -method runner`; SIGHUP
+// reloads, or `changeover reload` (viaReload), which waits for the outcome.
 type runMethod struct {
-	cmd     *exec.Cmd
-	done    chan struct{}
-	mu      sync.Mutex
-	maxRSS  int64
-	cpu     time.Duration
-	quit    chan struct{}
-	stopped bool
+	viaReload bool
+	ctl       string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	mu        sync.Mutex
+	maxRSS    int64
+	cpu       time.Duration
+	quit      chan struct{}
+	stopped   bool
 }
 
 func (m *runMethod) start(e *env) error {
@@ -218,6 +224,7 @@ func (m *runMethod) start(e *env) error {
 		return errors.New("changeover CLI not built")
 	}
 	ctl := filepath.Join(e.dir, "control.sock")
+	m.ctl = ctl
 	args := append([]string{"run", "--control", ctl, "--name", "bench-" + filepath.Base(e.dir), "--"}, append([]string{e.serverBin}, e.serverArgs("runner", 1)...)...)
 	cmd, _, err := e.startProc(e.changeover, args...)
 	if err != nil {
@@ -254,7 +261,26 @@ func (m *runMethod) sample() {
 }
 
 func (m *runMethod) trigger(e *env, n int) error {
-	return m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.viaReload {
+		return m.cmd.Process.Signal(syscall.SIGHUP)
+	}
+	cmd := exec.Command(e.changeover, "reload", "--control", m.ctl)
+	cmd.Stdout, cmd.Stderr, cmd.Dir = e.logf, e.logf, e.dir
+	if err := tracked.start(cmd); err != nil {
+		return err
+	}
+	done := reap(cmd)
+	select {
+	case <-done:
+	case <-time.After(90 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return errors.New("changeover reload did not return within 90s")
+	}
+	if !cmd.ProcessState.Success() {
+		return fmt.Errorf("changeover reload: %v (see %s)", cmd.ProcessState, e.logf.Name())
+	}
+	return nil
 }
 
 func (m *runMethod) stop(e *env) {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/changeover-dev/changeover/reuseport"
 )
 
 // procs remembers every process the bench started so that all of them are
@@ -222,4 +224,40 @@ func (s *serverPIDs) is(pid int32) bool {
 	ok := err == nil && exe == s.exe
 	s.seen[pid] = ok
 	return ok
+}
+
+// listeningFDs returns the descriptors of pid that are listening sockets
+// on addr, with the socket each names ("socket:[INODE]").
+func listeningFDs(pid int, addr string) map[string]string {
+	socks, err := reuseport.ListeningSockets()
+	if err != nil {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, s := range socks {
+		if s.Addr.String() == addr {
+			want[fmt.Sprintf("socket:[%d]", s.Inode)] = true
+		}
+	}
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, _ := os.ReadDir(dir)
+	out := map[string]string{}
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && want[l] {
+			out[e.Name()] = l
+		}
+	}
+	return out
+}
+
+// holdsAny reports whether pid still has one of the descriptors fds (as
+// listeningFDs returned them) open on the same socket.
+func holdsAny(pid int, fds map[string]string) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	for fd, sock := range fds {
+		if l, err := os.Readlink(filepath.Join(dir, fd)); err == nil && l == sock {
+			return true
+		}
+	}
+	return false
 }

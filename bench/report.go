@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -17,9 +18,17 @@ func printReport(w io.Writer, rep *report) {
 		writeLoadTable(w, rep, mode)
 		fmt.Fprintln(w)
 	}
+	if hasScenario(rep, "load") {
+		fmt.Fprintf(w, "## Cutover, from the load's own requests\n\n")
+		writeCutoverTable(w, rep)
+		fmt.Fprintln(w)
+	}
 	if hasScenario(rep, "idle") {
 		fmt.Fprintf(w, "## Idle keep-alive connections open at the restart (keep-alive GET load, 1 restart)\n\n")
 		writeIdleTable(w, rep)
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "## Handover with idle keep-alive connections open\n\n")
+		writeHandoverTable(w, rep)
 		fmt.Fprintln(w)
 	}
 	if hasScenario(rep, "sleep") {
@@ -67,6 +76,9 @@ func treeState(rep *report) string {
 }
 
 func runKind(rep *report) string {
+	if rep.Name != "" {
+		return fmt.Sprintf("%q (%s)", rep.Name, strings.Join(rep.Scenarios, ", "))
+	}
 	if rep.Quick {
 		return "quick (-quick)"
 	}
@@ -369,4 +381,92 @@ func countWithoutLoad(r *runResult) int {
 		}
 	}
 	return n
+}
+
+// quantiles formats the p50, mean and max of the values >= 0 in vs as
+// "p50; mean; max" (ms), with n, or "-".
+func quantiles(vs []float64) string {
+	var ok []float64
+	for _, v := range vs {
+		if v >= 0 {
+			ok = append(ok, v)
+		}
+	}
+	if len(ok) == 0 {
+		return "-"
+	}
+	slices.Sort(ok)
+	var sum float64
+	for _, v := range ok {
+		sum += v
+	}
+	p50 := ok[len(ok)/2]
+	if len(ok)%2 == 0 {
+		p50 = (ok[len(ok)/2-1] + ok[len(ok)/2]) / 2
+	}
+	return fmt.Sprintf("%s; %s; %s", fmtF(p50), fmtF(sum/float64(len(ok))), fmtF(ok[len(ok)-1]))
+}
+
+// writeCutoverTable is the cutover of every restarting method's load runs,
+// from the load's own requests (start time, answering PID): trigger → the
+// first request on a fresh connection from which on every request on a
+// fresh connection went to the new instance, and → the first request
+// answered by the new instance; p50, mean and max over the restarts, with
+// the failures of the same runs.
+func writeCutoverTable(w io.Writer, rep *report) {
+	fmt.Fprintln(w, "| method | load | restarts | cutover: trigger → all new connections to the new instance, ms (p50; mean; max) | trigger → first answer from the new instance, ms (p50; mean; max) | failed / requests |")
+	fmt.Fprintln(w, "|---|---|---:|---|---|---|")
+	for _, r := range rep.Runs {
+		if r.Scenario != "load" || len(r.Restarts) == 0 {
+			continue
+		}
+		var all, first []float64
+		for _, e := range r.Restarts {
+			all = append(all, e.AllNewByLoadMs)
+			first = append(first, e.FirstNewByLoadMs)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %d / %d |\n", titleCell(r), modeTitles[r.Mode], len(r.Restarts),
+			quantiles(all), quantiles(first), r.Failed, r.Requests)
+	}
+}
+
+// writeHandoverTable is, for each method and number of idle keep-alive
+// connections, every idle run's restart: trigger → the old instance holds
+// no listening socket on the address (handed over), → the method's
+// procedure returned (for changeover reload: the reload's own time), →
+// the old instance gone.
+func writeHandoverTable(w io.Writer, rep *report) {
+	fmt.Fprintln(w, "| method | idle conns | runs | handed over: trigger → old instance holds no listener, ms (p50; mean; max) | trigger → its procedure returned, ms (p50; mean; max) | → old instance gone, ms (p50; mean; max) | load failed |")
+	fmt.Fprintln(w, "|---|---:|---:|---|---|---|---:|")
+	type key struct {
+		method string
+		idle   int
+	}
+	var keys []key
+	rows := map[key][]*runResult{}
+	for _, r := range rep.Runs {
+		if r.Scenario != "idle" {
+			continue
+		}
+		k := key{r.Method, r.IdleConns}
+		if rows[k] == nil {
+			keys = append(keys, k)
+		}
+		rows[k] = append(rows[k], r)
+	}
+	for _, k := range keys {
+		var handed, trig, gone []float64
+		failed := 0
+		title := ""
+		for _, r := range rows[k] {
+			title = titleCell(r)
+			failed += r.Failed
+			for _, e := range r.Restarts {
+				handed = append(handed, e.HandedOverMs)
+				trig = append(trig, e.TriggerMs)
+				gone = append(gone, e.OldGoneMs)
+			}
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %s | %d |\n", title, k.idle, len(rows[k]), quantiles(handed), quantiles(trig), quantiles(gone), failed)
+	}
 }

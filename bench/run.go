@@ -43,6 +43,13 @@ type restartEvent struct {
 	// new PID. -1: not seen.
 	FirstNewByLoadMs float64 `json:"first_new_by_load_ms"`
 	AllNewByLoadMs   float64 `json:"all_new_conns_by_load_ms"`
+	// HandedOverMs: trigger -> the old PID holds none of the listening
+	// sockets on the bench's address it held at the trigger (its
+	// descriptors, polled every millisecond in /proc; gone counts), -1:
+	// never. TriggerMs: trigger -> the method's own procedure returned
+	// (changeover reload, changeover swap; a signal returns at once).
+	HandedOverMs float64 `json:"handed_over_ms"`
+	TriggerMs    float64 `json:"trigger_returned_ms"`
 	// WithoutLoad: the load had stopped before the old instance was gone
 	// (or before the trigger), so the restart's losses were not measured.
 	WithoutLoad bool   `json:"without_load,omitempty"`
@@ -217,16 +224,32 @@ func measureRestart(e *env, m method, pr *prober, n int, t0 time.Time) restartEv
 	if p, err := pr.pid(); err == nil {
 		old = p
 	}
-	ev := restartEvent{OldPID: old, NewServingMs: -1, OldGoneMs: -1, FirstNewByLoadMs: -1, AllNewByLoadMs: -1}
+	ev := restartEvent{OldPID: old, NewServingMs: -1, OldGoneMs: -1, FirstNewByLoadMs: -1, AllNewByLoadMs: -1,
+		HandedOverMs: -1, TriggerMs: -1}
+	listening := listeningFDs(old, e.addr) // read before the trigger: 10,000 descriptors take a while
 	start := time.Now()
 	ev.AtSec = start.Sub(t0).Seconds()
 	const limit = restartLimit
 	trig := make(chan error, 1)
-	go func() { trig <- m.trigger(e, n) }()
+	go func() {
+		err := m.trigger(e, n)
+		ev.TriggerMs = ms(time.Since(start))
+		trig <- err
+	}()
 
 	var newPID atomic.Int64
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		for time.Since(start) < limit {
+			if gone(old) || len(listening) > 0 && !holdsAny(old, listening) {
+				ev.HandedOverMs = ms(time.Since(start))
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		for time.Since(start) < limit {

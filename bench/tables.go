@@ -33,6 +33,8 @@ var tableWriters = map[string]func(io.Writer, *report){
 	"keepalive": func(w io.Writer, rep *report) { writeLoadTable(w, rep, modeKeepAlive) },
 	"post":      func(w io.Writer, rep *report) { writeLoadTable(w, rep, modePost) },
 	"idle":      writeIdleTable,
+	"cutover":   writeCutoverTable,
+	"handover":  writeHandoverTable,
 	"sleep":     writeSleepTable,
 	"notes":     writeNotes,
 }
