@@ -63,8 +63,12 @@ type Instance struct {
 	// read them, and when; its stop uses them rather than reading /proc
 	// again (see listenersAtStop and signalStop).
 	listening        map[uint64]bool
+	listeningShared  map[uint64]bool // those on an address shared with SO_REUSEPORT
 	listeningMembers []int
 	listeningAt      time.Time
+	// stopShared: listeningShared when its stop signal went, if the
+	// snapshot was fresh then (nil otherwise); see listenersGone.
+	stopShared map[uint64]bool
 }
 
 // listeningFresh is how old a snapshot of an instance's group (listening
@@ -72,11 +76,21 @@ type Instance struct {
 const listeningFresh = time.Second
 
 // noteListening records what its group holds now: the inodes of its
-// listening sockets, and its members.
-func (in *Instance) noteListening(inodes map[uint64]bool, members []int, at time.Time) {
+// listening sockets (shared: those on an address shared with
+// SO_REUSEPORT), and its members.
+func (in *Instance) noteListening(inodes, shared map[uint64]bool, members []int, at time.Time) {
 	in.mu.Lock()
-	in.listening, in.listeningMembers, in.listeningAt = inodes, members, at
+	in.listening, in.listeningShared, in.listeningMembers, in.listeningAt = inodes, shared, members, at
 	in.mu.Unlock()
+}
+
+// sharedAtStop returns the inodes of the listening sockets on shared
+// addresses that its group held when its stop signal went, if a fresh
+// snapshot said so (nil: unknown).
+func (in *Instance) sharedAtStop() map[uint64]bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.stopShared
 }
 
 // snapshot returns the fresh snapshot of its group, if there is one.
@@ -96,6 +110,9 @@ func (in *Instance) snapshot(now time.Time) (inodes map[uint64]bool, members []i
 // read now.
 func (in *Instance) listenersAtStop(now time.Time) map[uint64]bool {
 	if inodes, _, ok := in.snapshot(now); ok {
+		in.mu.Lock()
+		in.stopShared = in.listeningShared
+		in.mu.Unlock()
 		return inodes
 	}
 	sockets, _ := proc.GroupListenInodes(in.PGID)

@@ -770,15 +770,18 @@ func checkCoverage(in, old *Instance) error {
 	if err != nil {
 		return nil
 	}
-	inodes := map[uint64]bool{}
+	inodes, shared := map[uint64]bool{}, map[uint64]bool{}
 	var oldAddrs, newAddrs []netip.AddrPort
 	for _, l := range byGroup[old.PGID].Listeners {
 		inodes[l.Inode] = true
-		if !slices.Contains(oldAddrs, l.Addr) && l.Addr.String() != old.HealthAddr && reusePortShared(l.Addr) {
+		if slices.Contains(oldAddrs, l.Addr) {
+			shared[l.Inode] = true
+		} else if l.Addr.String() != old.HealthAddr && reusePortShared(l.Addr) {
 			oldAddrs = append(oldAddrs, l.Addr)
+			shared[l.Inode] = true
 		}
 	}
-	old.noteListening(inodes, byGroup[old.PGID].Members, time.Now())
+	old.noteListening(inodes, shared, byGroup[old.PGID].Members, time.Now())
 	for _, l := range byGroup[in.PGID].Listeners {
 		newAddrs = append(newAddrs, l.Addr)
 	}
@@ -813,6 +816,9 @@ func (p *poller) wait(ctx context.Context) bool {
 // address, or its group is empty, or ctx is done. Where the listening
 // sockets cannot be read, it waits for the group to be empty.
 func listenersGone(ctx context.Context, in *Instance) {
+	if shared := in.sharedAtStop(); len(shared) > 0 && socketsClosed(ctx, shared) {
+		return
+	}
 	var p poller
 	for {
 		if in.groupEmpty() {
