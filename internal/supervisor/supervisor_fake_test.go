@@ -191,8 +191,9 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			// Reloads before EvStart are asked for while Run reads the
 			// state file; the loop posts EvStart itself.
 			first := slices.IndexFunc(row.steps, func(s step) bool { return s.ev.Kind == EvStart })
-			if first < 0 || slices.ContainsFunc(row.steps[:first], func(s step) bool { return s.ev.Kind != EvReloadAsked || s.want != "" }) {
-				t.Fatal("a row starts with EvStart, after reloads that do nothing yet")
+			early := []EventKind{EvReloadAsked, EvStopAsked, EvHurry}
+			if first < 0 || slices.ContainsFunc(row.steps[:first], func(s step) bool { return !slices.Contains(early, s.ev.Kind) || s.want != "" }) {
+				t.Fatal("a row starts with EvStart, after reloads or stops that do nothing yet")
 			}
 			f.adopted, f.lastGen = row.steps[first].ev.Adopted, row.steps[first].ev.LastGen
 			for _, s := range row.steps {
@@ -210,7 +211,14 @@ func TestSupervisorOverFakeProcesses(t *testing.T) {
 			adopt := s.os.adopt
 			s.os.adopt = func() adoption {
 				for _, st := range row.steps[:first] {
-					f.reloadAsked(ctx, s, st.ev.Waiter != nil, true)
+					switch st.ev.Kind {
+					case EvStopAsked:
+						s.Stop()
+					case EvHurry:
+						s.Hurry()
+					default:
+						f.reloadAsked(ctx, s, st.ev.Waiter != nil, true)
+					}
 				}
 				return adopt()
 			}
