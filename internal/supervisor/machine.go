@@ -273,21 +273,22 @@ const (
 
 // deploy is one attempt to get a new generation serving.
 type deploy struct {
-	gen       int
-	stage     deployStage
-	reload    bool // asked for (waiters, SIGHUP, --watch), not only a restart
-	restart   bool // a replacement for a crashed instance (not bound by MaxDraining)
-	initial   bool // the deploy of EvStart (not bound by MaxDraining: it brings adopted ones to a known state)
-	first     bool // generation 1 of a run that adopted nothing: failing ends Run
-	aborted   bool // stop asked while its checks or start were running
-	waiters   []chan<- Result
-	notBefore time.Time // a restart's backoff
-	slotBy    time.Time // a reload waiting for a draining slot fails at this time
-	began     time.Time
-	deadline  time.Time // ready deadline: checks and readiness together
-	checkedAt time.Time // when its checks ended (dChecked): the wait for older listeners does not count
-	old       int       // the generation it promoted over (dHandingOver)
-	err       error     // why it failed (dFailing)
+	gen           int
+	stage         deployStage
+	reload        bool // asked for (waiters, SIGHUP, --watch), not only a restart
+	restart       bool // a replacement for a crashed instance (not bound by MaxDraining)
+	initial       bool // the deploy of EvStart (not bound by MaxDraining: it brings adopted ones to a known state)
+	first         bool // generation 1 of a run that adopted nothing: failing ends Run
+	aborted       bool // stop asked while its checks or start were running
+	waiters       []chan<- Result
+	notBefore     time.Time // a restart's backoff
+	slotBy        time.Time // a reload waiting for a draining slot fails at this time
+	began         time.Time
+	deadline      time.Time // ready deadline: checks and readiness together
+	checkedAt     time.Time // when its checks ended (dChecked): the wait for older listeners does not count
+	restartQueued bool      // the serving one crashed while it failed (dFailing): that crash queued the restart
+	old           int       // the generation it promoted over (dHandingOver)
+	err           error     // why it failed (dFailing)
 }
 
 // machine is the supervisor's state. It is not safe for concurrent use:
@@ -301,8 +302,9 @@ type machine struct {
 	queued    *deploy // asked for, not begun
 	lastGen   int
 	crashes   []time.Time
-	readySent bool // READY=1 went to systemd: later deploys are reloads
-	begun     bool // EvStart was handled
+	readySent bool      // READY=1 went to systemd: later deploys are reloads
+	begun     bool      // EvStart was handled
+	stopEarly EventKind // EvStopAsked or EvHurry asked before EvStart (0: none)
 	stopping  bool
 	exitErr   error // what Run returns once everything has stopped
 	done      bool  // ActExit was emitted
@@ -376,14 +378,22 @@ func (m *machine) stepRunning(ev Event) {
 		if !m.begun {
 			m.begun = true
 			m.start(ev)
+			if m.stopEarly != 0 {
+				m.stepRunning(Event{Kind: m.stopEarly, Now: ev.Now})
+			}
 		}
 	case EvReloadAsked:
 		m.reloadAsked(ev)
-	case EvStopAsked:
+	case EvStopAsked, EvHurry:
+		if !m.begun {
+			// Asked while Run read the state file: stop what it adopts.
+			m.stopEarly = max(m.stopEarly, ev.Kind)
+			return
+		}
 		m.beginStop(ev.Now, nil, ErrStopping)
-	case EvHurry:
-		m.beginStop(ev.Now, nil, ErrStopping)
-		m.hurry(ev.Now)
+		if ev.Kind == EvHurry {
+			m.hurry(ev.Now)
+		}
 	case EvChecked:
 		d := m.current(ev.Gen, dChecking)
 		if d == nil {
@@ -403,6 +413,12 @@ func (m *machine) stepRunning(ev Event) {
 		}
 		if ev.Err != nil {
 			m.failDeploy(ev.Now, ev.Err)
+			return
+		}
+		if g := m.gen(d.gen); g.exited { // also set by its group's emptying
+			// Its exit raced its readiness (two goroutines post them): it
+			// never serves.
+			m.failDeploy(ev.Now, fmt.Errorf("%w: generation %d (pid %d) %s", ErrExited, g.n, g.pid, g.status))
 			return
 		}
 		m.promote(ev.Now, d)
@@ -772,7 +788,7 @@ func (m *machine) concludeFailure(now time.Time) {
 	case m.stopping:
 	case d.first:
 		m.beginStop(now, d.err, fmt.Errorf("%w: generation %d failed: %w", ErrStopping, d.gen, d.err))
-	case m.queued != nil:
+	case d.restartQueued:
 		// Its old one crashed while it failed: that crash queued the
 		// restart, and this failure is not another one.
 	default:
@@ -831,6 +847,9 @@ func (m *machine) crashed(now time.Time, why string) {
 	if d := m.deploy; d != nil && d.stage < dHandingOver {
 		m.log(slog.LevelWarn, "no replacement: the generation that is starting will serve", "why", why, KeyGeneration, d.gen)
 		return
+	}
+	if d := m.deploy; d != nil && d.stage == dFailing {
+		d.restartQueued = true
 	}
 	m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("STATUS=%s; restarting", why)})
 	delay := time.Duration(0)

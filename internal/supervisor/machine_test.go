@@ -411,13 +411,6 @@ var machineRows = []struct {
 		{ev: ready(2), want: ""},
 		{ev: empty(2), want: "timer backoff", phase: phaseBackoff},
 	})},
-	{"review 3: a new generation whose group empties before its ready is never promoted", seq(serving1, []step{
-		{ev: reload(w1), want: "checks 2"},
-		{ev: checked(2, nil), want: "start 2"},
-		{ev: started(2), want: ""},
-		{ev: empty(2), want: ""},
-		{ev: ready(2), want: "answer 2 exited", phase: phaseServing},
-	})},
 	{"review 3: a stop asked before Run began stops the adopted instances", []step{
 		{ev: stop(), want: ""},
 		{ev: start(AdoptedGen{Gen: 1, PID: 101}, AdoptedGen{Gen: 2, PID: 102, Leftover: true}),
