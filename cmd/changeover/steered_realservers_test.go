@@ -1,0 +1,424 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/changeover-dev/changeover/internal/control"
+	"github.com/changeover-dev/changeover/internal/proc"
+	"github.com/changeover-dev/changeover/internal/supervisor"
+)
+
+// nginx, gunicorn and others under `changeover run`, with the supervisor
+// owning the reuseport group's steering program through placeholder
+// members (issue 13): a new generation joins dark and gets no connection
+// before it is ready, the old one gets its stop signal only once the port
+// is steered away from it and its accept queues are empty, and a
+// generation that never becomes ready costs nothing. The supervisor runs
+// as uid 65534 (no privilege), the servers as that uid too.
+//
+// The control is the same scenario on the kernel path (--steering kernel):
+// the new generation takes connections as soon as it listens (who answered
+// is read from X-Pid), and the connections queued on the old generation's
+// listeners when they close are reset.
+
+// steeredCase is one row of TestRealServersSteered.
+type steeredCase struct {
+	name    string
+	server  realServer
+	workers []int // nginx worker_processes per generation, cycled (nil: the default 3)
+	reloads int   // default; CHANGEOVER_REALSERVER_RELOADS overrides it
+	kernel  bool  // the control: --steering kernel
+}
+
+// steeredClients is the number of clients of the saturating load, each
+// opening a new connection per request with no pause.
+const steeredClients = 6
+
+// TestRealServersSteered: every reload of nginx (3 workers; 4 to 2 and 2
+// to 4) and gunicorn under a saturating load of new connections loses no
+// request, no generation answers before it is ready, and a generation that
+// never becomes ready costs nothing; the kernel-path control loses and lets
+// new generations answer early.
+func TestRealServersSteered(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the supervisor as uid 65534, a user without privilege")
+	}
+	for _, tc := range []steeredCase{
+		{name: "nginx/3-workers", server: nginxServer, reloads: 4},
+		{name: "nginx/4-2-workers", server: nginxServer, workers: []int{4, 2}, reloads: 4},
+		{name: "gunicorn", server: gunicornServer, reloads: 2},
+		{name: "nginx/4-2-workers/kernel-path-control", server: nginxServer, workers: []int{4, 2}, reloads: 4, kernel: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireServer(t, tc.server)
+			o := runSteered(t, tc)
+			t.Logf("REALSERVER-STEERED %s: %d reloads, %d failed of %d requests; %d answers from a generation before it was ready; never-ready generation: %d failed, %d answers from it",
+				tc.name, o.reloads, o.failed, o.sent, o.early, o.neverFailed, o.neverAnswers)
+			switch {
+			case !tc.kernel && (o.failed != 0 || o.early != 0 || o.neverAnswers != 0 || o.neverFailed != 0):
+				t.Errorf("steered by the supervisor: %d failed requests (%v), %d answers before ready, %d from the never-ready generation, %d failed around it: want 0 each",
+					o.failed, o.errs, o.early, o.neverAnswers, o.neverFailed)
+			case tc.kernel && o.early == 0:
+				t.Errorf("kernel path: no answer from a generation before it was ready over %d reloads: the control does not see what it should", o.reloads)
+			case tc.kernel && o.failed == 0:
+				t.Errorf("kernel path: no failed request over %d reloads: the control does not lose", o.reloads)
+			}
+		})
+	}
+}
+
+// steeredOutcome is one run's figures.
+type steeredOutcome struct {
+	reloads      int
+	sent, failed int64
+	errs         []string
+	early        int // answers from a generation's processes before it was ready
+	neverAnswers int // answers from the never-ready generation's processes
+	neverFailed  int64
+}
+
+// nobodyWorld is a test's files, owned by uid 65534: the env file, the
+// control socket, the ready files and the servers' run directory.
+type nobodyWorld struct {
+	t        *testing.T
+	dir      string
+	addr     string
+	envFile  string
+	sock     string
+	script   string
+	upstream string
+	out      fileOut
+}
+
+func newNobodyWorld(t *testing.T, s realServer) *nobodyWorld {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "changeover-steered")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, nobodyUID, nobodyUID); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs(s.script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nobodyWorld{t: t, dir: dir, addr: freeAddr(t), envFile: filepath.Join(dir, "env"),
+		sock: filepath.Join(dir, "c.sock"), script: script, upstream: startSleeper(t),
+		out: fileOut(filepath.Join(dir, "out"))}
+}
+
+// setVersion writes the env file the next generation reads.
+func (w *nobodyWorld) setVersion(version string, workers int) {
+	lines := []string{
+		"LISTEN_ADDR=" + w.addr, "APP_VERSION=" + version, "UPSTREAM_ADDR=" + w.upstream,
+		"NGINX_RUN_DIR=" + filepath.Join(w.dir, "nginx"), "PYTHONDONTWRITEBYTECODE=1",
+		"NGINX_WORKERS=" + strconv.Itoa(workers),
+	}
+	if err := os.WriteFile(w.envFile, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// ready lets generation gen pass its readiness gate.
+func (w *nobodyWorld) ready(gen int) {
+	if err := os.WriteFile(w.readyFile(gen), nil, 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *nobodyWorld) readyFile(gen int) string {
+	return filepath.Join(w.dir, "ready-"+strconv.Itoa(gen))
+}
+
+func (w *nobodyWorld) status() (supervisor.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := control.Call(ctx, w.sock, control.Request{Op: "status"})
+	if err != nil {
+		return supervisor.Status{}, err
+	}
+	var st supervisor.Status
+	err = json.Unmarshal(resp.Body, &st)
+	return st, err
+}
+
+// startSupervisor runs `changeover run` as uid 65534 and returns it; the
+// test's cleanup kills the generations it reported and then it.
+func (w *nobodyWorld) startSupervisor(flags ...string) (*exec.Cmd, chan struct{}) {
+	t := w.t
+	args := append([]string{"run", "--control", w.sock, "--env-file", w.envFile}, flags...)
+	cmd := asNobody(t, append(append(args, "--"), w.script)...)
+	cmd.Env = append(cmd.Env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	f, err := os.OpenFile(string(w.out), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	var pgids sync.Map
+	t.Cleanup(func() {
+		// Only the groups that this supervisor, which we started, reports.
+		if st, err := w.status(); err == nil {
+			for _, g := range st.Generations {
+				pgids.Store(g.PGID, true)
+			}
+		}
+		_ = cmd.Process.Kill()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+		pgids.Range(func(k, _ any) bool {
+			if g := k.(int); g > 1 {
+				_ = syscall.Kill(-g, syscall.SIGKILL)
+			}
+			return true
+		})
+	})
+	return cmd, done
+}
+
+// waitServing waits until generation gen serves (and no reload runs).
+func (w *nobodyWorld) waitServing(done chan struct{}, gen int) supervisor.GenStatus {
+	w.t.Helper()
+	var g supervisor.GenStatus
+	waitFor(w.t, 30*time.Second, fmt.Sprintf("generation %d serving", gen), func() bool {
+		select {
+		case <-done:
+			w.t.Fatalf("run exited early:\n%s", w.out.String())
+		default:
+		}
+		st, err := w.status()
+		if err != nil || st.Serving != gen || st.Reloading {
+			return false
+		}
+		g, _ = genByNumber(st, gen)
+		return true
+	})
+	return g
+}
+
+// pidLoad is a bounded saturating load: clients opening a new connection
+// per request, counting the answers per PID and the failures.
+type pidLoad struct {
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	byPID        map[int]int
+	errs         []string
+	stopc        chan struct{}
+	wg           sync.WaitGroup
+}
+
+func startPIDLoad(t *testing.T, addr string, clients int, limit time.Duration) *pidLoad {
+	l := &pidLoad{byPID: map[int]int{}, stopc: make(chan struct{})}
+	for range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			deadline := time.Now().Add(limit)
+			for i := 0; i < 200000 && time.Now().Before(deadline); i++ {
+				select {
+				case <-l.stopc:
+					return
+				default:
+				}
+				l.sent.Add(1)
+				a, err := ask(addr, "/")
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), err))
+					}
+				} else {
+					l.byPID[a.pid]++
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+func (l *pidLoad) stop() {
+	select {
+	case <-l.stopc:
+	default:
+		close(l.stopc)
+	}
+	l.wg.Wait()
+}
+
+// from counts the answers given so far by the processes of pids.
+func (l *pidLoad) from(pids []int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, p := range pids {
+		n += l.byPID[p]
+	}
+	return n
+}
+
+// progress waits until the load has sent n more requests.
+func (l *pidLoad) progress(t *testing.T, n int64) {
+	t.Helper()
+	want := l.sent.Load() + n
+	waitFor(t, 30*time.Second, "load progress", func() bool { return l.sent.Load() >= want })
+}
+
+// runSteered runs one case: generation 1, then reloads under load, each new
+// generation held not ready until its dark window has seen 300 requests,
+// and once in the middle a generation that never becomes ready.
+func runSteered(t *testing.T, tc steeredCase) steeredOutcome {
+	w := newNobodyWorld(t, tc.server)
+	reloads := reloadCount(t, tc.reloads)
+	workers := func(gen int) int {
+		if len(tc.workers) == 0 {
+			return 3
+		}
+		return tc.workers[(gen-1)%len(tc.workers)]
+	}
+	flags := []string{"--notify=false", "--health", "http://{health_addr}/",
+		"--health", "exec:test -e " + w.dir + "/ready-$CHANGEOVER_GENERATION",
+		"--ready-timeout", "10s", "--drain-timeout", "10s"}
+	if tc.server.name == "nginx" {
+		flags = append(flags, "--stop-signal", "QUIT")
+	}
+	if tc.kernel {
+		flags = append(flags, "--steering", "kernel")
+	}
+	gen := 1
+	w.setVersion("v1", workers(1))
+	w.ready(1)
+	cmd, done := w.startSupervisor(flags...)
+	g := w.waitServing(done, 1)
+	answeredBy(t, w.addr, 10, "v1", g.PGID)
+
+	load := startPIDLoad(t, w.addr, steeredClients, 60*time.Second+time.Duration(reloads)*20*time.Second)
+	var o steeredOutcome
+	neverAt := 1 + reloads/2 // after this many reloads, one generation never becomes ready
+	for r := 1; r <= reloads; r++ {
+		if r == neverAt {
+			gen++
+			before := load.failed.Load()
+			answers, code := steeredReload(t, w, load, gen, false)
+			if code == 0 {
+				t.Fatalf("the reload to never-ready generation %d succeeded", gen)
+			}
+			o.neverAnswers = answers
+			load.progress(t, 300) // the load goes on after its failure
+			o.neverFailed = load.failed.Load() - before
+		}
+		gen++
+		version := fmt.Sprintf("v%d", gen)
+		w.setVersion(version, workers(gen))
+		answers, code := steeredReload(t, w, load, gen, true)
+		if code != 0 {
+			t.Fatalf("reload to generation %d: exit %d\n%s", gen, code, w.out.String())
+		}
+		o.early += answers
+		o.reloads++
+		g := w.waitServing(done, gen)
+		answeredBy(t, w.addr, 20, version, g.PGID)
+	}
+	load.stop()
+	o.sent, o.failed, o.errs = load.sent.Load(), load.failed.Load(), load.errs
+	pids := make([]string, 0, len(load.byPID))
+	for p, n := range load.byPID {
+		pids = append(pids, fmt.Sprintf("%d:%d", p, n))
+	}
+	sort.Strings(pids)
+	t.Logf("load: %d sent, %d failed %v; answers per pid %v", o.sent, o.failed, o.errs, pids)
+
+	// Stop: run drains the last generation and exits 0.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+		if code := cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("run exited %d after SIGTERM:\n%s", code, w.out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("run did not exit within 30s of SIGTERM")
+	}
+	if t.Failed() {
+		t.Logf("run output:\n%s", w.out.String())
+	}
+	return o
+}
+
+// steeredReload starts a reload to generation gen, waits until gen listens
+// on the shared address and the load has sent 300 more requests, counts
+// the answers its processes gave meanwhile, then lets it become ready (if
+// ready) and returns the reload's exit code.
+func steeredReload(t *testing.T, w *nobodyWorld, load *pidLoad, gen int, ready bool) (early, code int) {
+	t.Helper()
+	type result struct {
+		code        int
+		out, stderr string
+	}
+	res := make(chan result, 1)
+	go func() {
+		c, out, stderr := cli("reload", "--control", w.sock)
+		res <- result{c, out, stderr}
+	}()
+	var pgid int
+	waitFor(t, 30*time.Second, fmt.Sprintf("generation %d listening on %s", gen, w.addr), func() bool {
+		st, err := w.status()
+		if err != nil {
+			return false
+		}
+		g, ok := genByNumber(st, gen)
+		if !ok || g.PGID == 0 {
+			return false
+		}
+		pgid = g.PGID
+		addrs, err := proc.GroupListenAddrs(pgid)
+		return err == nil && slices.ContainsFunc(addrs, func(a netip.AddrPort) bool { return a.String() == w.addr })
+	})
+	load.progress(t, 300)
+	early = load.from(proc.GroupMembers(pgid))
+	if ready {
+		w.ready(gen)
+	}
+	select {
+	case r := <-res:
+		if r.code != 0 && ready {
+			t.Logf("reload to generation %d: %s %s", gen, r.out, r.stderr)
+		}
+		return early, r.code
+	case <-time.After(40 * time.Second):
+		t.Fatalf("reload to generation %d did not return in 40s\n%s", gen, w.out.String())
+	}
+	return early, -1
+}
