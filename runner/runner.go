@@ -27,7 +27,9 @@ const (
 	EnvHealthAddr   = "CHANGEOVER_HEALTH_ADDR"
 	EnvDrainTimeout = "CHANGEOVER_DRAIN_TIMEOUT"
 	EnvNotifySocket = "NOTIFY_SOCKET"
-)
+	// EnvSteering, set to "supervisor", says that the supervisor owns the
+	// steering program of the port's reuseport groups (through placeholder
+	// members of its own)
 
 // Defaults of Options.
 const (
