@@ -29,7 +29,11 @@ const (
 	EnvNotifySocket = "NOTIFY_SOCKET"
 	// EnvSteering, set to "supervisor", says that the supervisor owns the
 	// steering program of the port's reuseport groups (through placeholder
-	// members of its own)
+	// members of its own): Listen attaches nothing, and the drain does not
+	// steer; the supervisor has switched the port away before it sends
+	// the stop signal. Unset, the Runner steers itself.
+	EnvSteering = "CHANGEOVER_STEERING"
+)
 
 // Defaults of Options.
 const (
@@ -116,6 +120,8 @@ type Runner struct {
 	ready      chan struct{}
 	draining   chan struct{}
 	healthAddr string // where Health is served, once Run has bound it
+
+	supervised bool // EnvSteering=supervisor: the supervisor owns the steering
 }
 
 type actor struct {
@@ -142,6 +148,7 @@ func New(opts Options) *Runner {
 		halfOpen:    reuseport.HalfOpen,
 		ready:       make(chan struct{}),
 		draining:    make(chan struct{}),
+		supervised:  os.Getenv(EnvSteering) == "supervisor",
 	}
 }
 
@@ -234,7 +241,11 @@ func (r *Runner) Listen(ctx context.Context, network, address string) (net.Liste
 	// socket that has one cannot join an existing group (listen fails
 	// with EADDRINUSE; see reuseport's doc).
 	steer := true
-	if err := reuseport.Dark(tl); err != nil {
+	if r.supervised {
+		// The supervisor owns the group's program: attaching ours would
+		// replace its (and steer the group to member 0, whoever that is).
+		steer = false
+	} else if err := reuseport.Dark(tl); err != nil {
 		// Not fatal: the handover falls back to what the kernel offers.
 		steer = false
 		r.log.Warn("cannot attach reuseport steering; handover relies on the kernel alone",
@@ -639,6 +650,8 @@ func (r *Runner) logPath() {
 	}
 	r.mu.Unlock()
 	switch {
+	case r.supervised && err == nil:
+		r.log.Info("handover path", "steering", "supervisor", "tcp_migrate_req", migrate)
 	case err != nil:
 		r.log.Info("handover path", "steering", steer, "tcp_migrate_req", "unknown", "err", err)
 	case !steer && !migrate:
