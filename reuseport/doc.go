@@ -101,10 +101,13 @@
 // the model when it joins: a connection of the supervisor's own, routed to
 // the slot the model gives it, must reach its queue. That connection stays
 // queued, so the placeholder's queue is full: a client SYN that reaches a
-// placeholder anyway (the group's very first placeholder joins before any
-// program exists; a steered member that crashes) is dropped and
+// placeholder anyway (a steered member that crashes) is dropped and
 // retransmitted a second later, where the program then sends it, instead
-// of being queued and reset. Placeholders whose order became unknown (a
+// of being queued and reset. The group's very first placeholder joins
+// before any program exists: the program is attached through it right
+// after its listen(2), and a client the kernel's hash gave it in between
+// is accepted and relayed to the serving members (the server then sees
+// the supervisor's address for that connection). Placeholders whose order became unknown (a
 // generation leaving all at once) are located again the same way, after a
 // listen(2) that gives each room for one more connection (listening again
 // changes only the backlog; the socket keeps its slot).

@@ -529,11 +529,22 @@ func (g *Group) addPlaceholder() error {
 	if err := g.sync(); err != nil {
 		return err
 	}
+	first := len(g.phs) == 0
 	p, err := g.openPlaceholder()
 	if err != nil {
 		return err
 	}
 	g.phs[p.ino] = p
+	if first {
+		// The group may have no program yet: the kernel's hash can give
+		// the placeholder clients until one is attached. Attach the rule
+		// at once, through it, for the slots the model knows (it joined
+		// last, so they have not moved); plug relays whoever came in
+		// before.
+		if serving, probe, err := g.targets(); err == nil {
+			_ = g.attach(serving, probe, nil)
+		}
+	}
 	now, err := g.members()
 	if err != nil {
 		return err
@@ -590,14 +601,19 @@ func (g *Group) plug(p *placeholder, slot int) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case before > 0:
+	if before > 0 {
 		// It joined with no program attached (the group's first one), and
-		// the kernel's hash gave it a client before the program did: that
-		// client fills the queue as a plug would, and is reset when the
-		// placeholder closes.
-		g.log.Warn("connections reached a placeholder before the group had a program",
+		// the kernel's hash gave it clients before the program did: they
+		// are relayed to the serving members (the program routes the
+		// relay's connections there), and the queue is plugged as usual.
+		g.log.Warn("connections reached a placeholder before the group had a program: relayed to the serving members",
 			"addr", g.addr, "stranded", before)
+		if err := g.attach(serving, probe, nil); err != nil {
+			return err
+		}
+		g.relayStranded(p, before)
+	}
+	switch {
 	case g.key.Ifindex != 0:
 		// A plug from loopback would not reach a group bound to a device.
 		g.log.Warn("placeholder not plugged: the listeners are bound to a device", "addr", g.addr)
