@@ -772,6 +772,13 @@ func (g *Group) openPlaceholder() (*placeholder, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		return fail("set SO_REUSEPORT", err)
 	}
+	// As every server's listener (Go sets it too): a connection accepted
+	// from it (a relayed one) that ends in TIME_WAIT inherits the flag,
+	// and without it would keep the address from being bound again once
+	// the group is gone.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("set SO_REUSEADDR", err)
+	}
 	if g.key.Family == unix.AF_INET6 {
 		v := 0
 		if g.key.V6Only {
