@@ -88,14 +88,14 @@ func printStatus(w io.Writer, st supervisor.Status) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GENERATION\tPID\tSTATE\tSTARTED\tHEALTH\tEXIT")
+	fmt.Fprintln(tw, "GENERATION\tPID\tSTATE\tSTARTED\tHEALTH\tHANDOVER\tEXIT")
 	for _, g := range st.Generations {
 		state := g.State
 		if g.Adopted {
 			state += " (adopted)"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\n", g.Generation, g.PID, state,
-			g.Started.Format(time.RFC3339), g.HealthAddr, dash(g.Exit))
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\n", g.Generation, g.PID, state,
+			g.Started.Format(time.RFC3339), g.HealthAddr, dash(g.Handover), dash(g.Exit))
 	}
 	tw.Flush()
 	if r := st.LastReload; r != nil {

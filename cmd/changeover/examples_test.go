@@ -1225,9 +1225,9 @@ func exCheckStatusText(t *testing.T, text string, pid int) {
 	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
 	want := []*regexp.Regexp{
 		regexp.MustCompile(fmt.Sprintf(`^supervisor demo pid %d: generation 2 serving$`, pid)),
-		regexp.MustCompile(`^GENERATION +PID +STATE +STARTED +HEALTH +EXIT$`),
-		regexp.MustCompile(`^1 +\d+ +exited +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +\S.*$`),
-		regexp.MustCompile(`^2 +\d+ +serving +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +-$`),
+		regexp.MustCompile(`^GENERATION +PID +STATE +STARTED +HEALTH +HANDOVER +EXIT$`),
+		regexp.MustCompile(`^1 +\d+ +exited +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +- +\S.*$`),
+		regexp.MustCompile(`^2 +\d+ +serving +` + exTimeRE.String() + ` +127\.\d+\.\d+\.\d+:\d+ +supervisor +-$`),
 		regexp.MustCompile(`^last reload: generation 2 at ` + exTimeRE.String() + `, \S+: ok$`),
 	}
 	if len(lines) != len(want) {
@@ -1256,6 +1256,9 @@ func exCheckStatusJSON(t *testing.T, js string, pid int) {
 		if g.Generation != i+1 || g.State != want || g.PID <= 0 || g.PGID != g.PID || g.Started.IsZero() ||
 			!strings.HasPrefix(g.HealthAddr, "127.") {
 			t.Errorf("generation %d: %+v, want %s", i+1, g, want)
+		}
+		if want := []string{"", supervisor.PathSupervisor}[i]; g.Handover != want {
+			t.Errorf("generation %d handover %q, want %q", i+1, g.Handover, want)
 		}
 		if wantPath := fmt.Sprintf("/srv/demo/releases/v%d/demo", i+1); g.Path != wantPath {
 			t.Errorf("generation %d path %q, want %q", i+1, g.Path, wantPath)

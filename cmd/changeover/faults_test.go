@@ -77,11 +77,12 @@ func TestFaultNewInstance(t *testing.T) {
 // and TestFaultSIGTERMDuringReload: with naive servers (no steering: a new
 // instance gets a share of new connections as soon as it listens), a new
 // version that listens but never becomes ready answers requests, and the
-// who-answered check of those tests sees it. With runner, the new instance
-// is dark and answers none.
+// who-answered check of those tests sees it. With runner, or with the
+// supervisor steering (the default), the new instance is dark and answers
+// none: this control runs the kernel path (--steering kernel).
 func TestFaultNewInstanceControl(t *testing.T) {
 	e := newEnv(t)
-	p := e.startInProcess("--ready-timeout", "8s", "--drain-timeout", "2s")
+	p := e.startInProcess("--ready-timeout", "8s", "--drain-timeout", "2s", "--steering", "kernel")
 	st := e.waitServing(p, 1)
 	v1 := answerOf("1", servingPID(t, st))
 	load := startLoad(t, e.addr, 2)

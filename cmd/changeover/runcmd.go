@@ -33,6 +33,7 @@ var reapOrphans = true
 // runOptions are the flags of "run".
 type runOptions struct {
 	name, control, dir, envFile, pidfile, logFormat string
+	steering                                        string
 	health, checks                                  listFlag
 	notify, watch, migrateReq                       bool
 	readyTimeout, drainTimeout, watchDebounce       *time.Duration
@@ -62,6 +63,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the supervisor's PID to this file")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	stopSignal, killMode := stopFlags(fs)
+	fs.StringVar(&o.steering, "steering", supervisor.SteeringSupervisor, "who steers the port at a handover: supervisor (placeholder members of its own keep a new generation dark until it is ready, then switch the port to it) or kernel (runner instances steer themselves; other servers take connections as soon as they listen)")
 	fs.BoolVar(&o.migrateReq, "tcp-migrate-req", false, "set net.ipv4.tcp_migrate_req=1 in this network namespace before starting (needs root; the handover does not need it)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -76,6 +78,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if o.crashLimit < 0 {
 		return usagef(fs, "--crash-limit must not be negative: %d", o.crashLimit)
+	}
+	if o.steering != supervisor.SteeringSupervisor && o.steering != supervisor.SteeringKernel {
+		return usagef(fs, "--steering must be %s or %s: %q", supervisor.SteeringSupervisor, supervisor.SteeringKernel, o.steering)
 	}
 	if o.maxDraining < 1 {
 		return usagef(fs, "--max-draining must be at least 1: %d", o.maxDraining)
@@ -141,7 +146,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Log:       log, Reaper: rp,
 		BackoffMin: *o.backoffMin, BackoffMax: *o.backoffMax,
 		CrashLimit: o.crashLimit, CrashWindow: *o.crashWindow, MaxDraining: o.maxDraining,
-		SDNotify: sdNotifier(log),
+		SDNotify: sdNotifier(log), Steering: o.steering,
 	})
 
 	var g rungroup.Group

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -421,4 +422,78 @@ func steeredReload(t *testing.T, w *nobodyWorld, load *pidLoad, gen int, ready b
 		t.Fatalf("reload to generation %d did not return in 40s\n%s", gen, w.out.String())
 	}
 	return early, -1
+}
+
+// TestSteeringFallbackOtherUID: the supervisor runs as root and nginx as
+// uid 65534 (setpriv), so the kernel refuses the supervisor's placeholders
+// (it groups only sockets of one effective uid). The reload still works,
+// through the kernel path; the log says why in one line, and status shows
+// the path of the handover.
+func TestSteeringFallbackOtherUID(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the server as another uid than the supervisor")
+	}
+	requireServer(t, nginxServer)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skipf("setpriv (util-linux) not installed: %v", err)
+	}
+	w := newNobodyWorld(t, nginxServer)
+	w.sock = filepath.Join(t.TempDir(), "c.sock") // the supervisor is root here
+	w.setVersion("v1", 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	errc := make(chan error, 1)
+	args := []string{"run", "--control", w.sock, "--env-file", w.envFile, "--notify=false",
+		"--health", "http://{health_addr}/", "--stop-signal", "QUIT", "--ready-timeout", "20s", "--drain-timeout", "10s",
+		"--", setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", w.script}
+	go func() { errc <- run(ctx, args, &stdout, &stderr) }()
+	var pgids []int
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-errc:
+		case <-time.After(20 * time.Second):
+		}
+		for _, g := range pgids {
+			_ = syscall.Kill(-g, syscall.SIGKILL)
+		}
+	})
+	serving := func(gen int) supervisor.GenStatus {
+		var g supervisor.GenStatus
+		waitFor(t, 30*time.Second, fmt.Sprintf("generation %d serving", gen), func() bool {
+			st, err := w.status()
+			if err != nil || st.Serving != gen || st.Reloading {
+				return false
+			}
+			g, _ = genByNumber(st, gen)
+			return true
+		})
+		pgids = append(pgids, g.PGID)
+		return g
+	}
+	g1 := serving(1)
+	answeredBy(t, w.addr, 5, "v1", g1.PGID)
+	w.setVersion("v2", 2)
+	if code, _, errb := cli("reload", "--control", w.sock); code != 0 {
+		t.Fatalf("reload: exit %d: %s\n%s", code, errb, stderr.String())
+	}
+	g2 := serving(2)
+	answeredBy(t, w.addr, 5, "v2", g2.PGID)
+	if g2.Handover != supervisor.PathKernel || g1.Handover != "" {
+		t.Errorf("handover paths: generation 1 %q, 2 %q; want \"\" and %q", g1.Handover, g2.Handover, supervisor.PathKernel)
+	}
+	var lines []string
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(l, "handover through the kernel path") {
+			lines = append(lines, l)
+		}
+	}
+	want := "belong to uid 65534 and this process runs as uid 0"
+	if len(lines) != 1 || !strings.Contains(lines[0], "generation=2") || !strings.Contains(lines[0], want) {
+		t.Errorf("log lines about the kernel path: %q; want one for generation 2 saying %q\n%s", lines, want, stderr.String())
+	}
+	if code, out, _ := cli("status", "--control", w.sock); code != 0 || !regexp.MustCompile(`(?m)^2 +\d+ +serving +\S+ +\S+ +kernel +-$`).MatchString(out) {
+		t.Errorf("status: exit %d\n%s\nwant generation 2's handover shown as kernel", code, out)
+	}
 }

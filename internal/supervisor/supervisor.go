@@ -52,6 +52,11 @@ type Config struct {
 
 	// SDNotify sends a message to systemd (nil: not under systemd).
 	SDNotify func(state string)
+
+	// Steering is who steers the port at a handover: SteeringSupervisor
+	// (the default, ""), through placeholder members (steering.go), or
+	// SteeringKernel.
+	Steering string
 }
 
 // DefaultMaxDraining is Config.MaxDraining's default.
@@ -79,6 +84,9 @@ type GenStatus struct {
 	Adopted       bool      `json:"adopted,omitempty"`
 	Exit          string    `json:"exit,omitempty"`
 	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
+	// Handover is the path of the handover into this generation:
+	// PathSupervisor or PathKernel (empty: it was started alone).
+	Handover string `json:"handover,omitempty"`
 }
 
 // Status is a snapshot of the supervisor.
@@ -248,6 +256,7 @@ type adoptedInstance struct {
 type runLoop struct {
 	s       *Supervisor
 	m       *machine
+	steer   *steering
 	ctx     context.Context
 	wg      sync.WaitGroup
 	insts   map[int]*Instance
@@ -276,7 +285,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			BackoffMin: s.cfg.BackoffMin, BackoffMax: s.cfg.BackoffMax,
 			CrashLimit: s.cfg.CrashLimit, CrashWindow: s.cfg.CrashWindow,
 			MaxDraining: s.cfg.MaxDraining, PID: os.Getpid(),
+			Steered: s.cfg.Steering != SteeringKernel,
 		}),
+		steer: newSteering(s.log),
 		insts: map[int]*Instance{}, timers: map[TimerID]time.Time{},
 		cancels: map[int]context.CancelFunc{}, prep: map[int]*prepared{},
 		stopSockets: map[int]map[uint64]bool{},
@@ -284,6 +295,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer func() {
 		cancel()
 		l.wg.Wait()
+		l.steer.closeAll()
 		for _, in := range l.insts {
 			in.closeNotify()
 		}
@@ -416,6 +428,9 @@ func (l *runLoop) perform(a Action) {
 		p := l.prep[a.Gen]
 		delete(l.prep, a.Gen)
 		l.mu.Unlock()
+		if p != nil {
+			p.env = steeringEnv(p.env, l.m.cfg.Steered && l.steer.paths[a.Gen] != PathKernel)
+		}
 		in, err := s.os.start(a.Gen, p)
 		if err != nil {
 			s.post(Event{Kind: EvStarted, Gen: a.Gen, Err: err})
@@ -437,6 +452,7 @@ func (l *runLoop) perform(a Action) {
 		if in.PGID > 0 && !in.Adopted {
 			sockets = in.listenersAtStop(s.now())
 		}
+		l.steer.prepareDepartures(in)
 		if err := s.os.stop(in); err != nil {
 			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
 		}
@@ -479,6 +495,8 @@ func (l *runLoop) perform(a Action) {
 		s.cfg.SDNotify(text)
 	case ActSave:
 		s.os.save(l.stateFile())
+	case ActDark, ActCutover, ActCompact, ActUnsteer:
+		l.performSteering(a)
 	case ActLog:
 		if a.Gen != 0 && in != nil {
 			// Its group was just SIGKILLed: the relay forwards the last
@@ -579,6 +597,7 @@ func (s *Supervisor) publish(l *runLoop) {
 		gs := GenStatus{
 			Generation: g.n, PID: in.PID, PGID: in.PGID, State: g.stage.String(), Started: in.Started,
 			HealthAddr: in.HealthAddr, Path: in.Path, Adopted: in.Adopted, Exit: in.ExitStatus(),
+			Handover: l.steer.paths[g.n],
 		}
 		if g.stage == stDraining {
 			gs.DrainDeadline = g.deadline

@@ -1,0 +1,377 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/changeover-dev/changeover/internal/proc"
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+// The loop's side of supervisor-owned steering (the decisions are in
+// machine_steering.go): one reuseport.Group per shared address, through
+// placeholder members of the supervisor's own.
+
+// EnvSteering tells an instance who owns its port's steering program:
+// "supervisor" when the supervisor steers the handover; runner then
+// attaches nothing itself.
+const EnvSteering = "CHANGEOVER_STEERING"
+
+// Steering modes (Config.Steering).
+const (
+	SteeringSupervisor = "supervisor" // the supervisor owns the program, through placeholders (default)
+	SteeringKernel     = "kernel"     // the kernel path: runner steers itself, other servers are not steered
+)
+
+// Handover paths, as Status shows them for each generation started beside
+// a serving one.
+const (
+	PathSupervisor = "supervisor"
+	PathKernel     = "kernel"
+)
+
+// steerPoll is how often the cutover looks at the old listeners' queues
+// and half-open connections.
+const steerPoll = 5 * time.Millisecond
+
+// retransmitGrace is how long the cutover keeps waiting for a connection
+// half-open at the switch once its SYN-ACK was seen retransmitted: one
+// generous round trip (the rule of runner's handover).
+const retransmitGrace = 250 * time.Millisecond
+
+// steering holds the groups of the port the supervisor steers.
+type steering struct {
+	log    *slog.Logger
+	groups map[netip.AddrPort]*reuseport.Group
+	paths  map[int]string // generation -> the path of the handover into it
+}
+
+func newSteering(log *slog.Logger) *steering {
+	return &steering{log: log, groups: map[netip.AddrPort]*reuseport.Group{}, paths: map[int]string{}}
+}
+
+// listenersOf returns the listening sockets of in's process group on
+// other addresses than its health address, by address.
+func listenersOf(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
+	all, err := reuseport.ListeningSockets()
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	inodes := map[uint64]bool{}
+	for _, pid := range proc.GroupMembers(in.PGID) {
+		for ino := range proc.SocketInodes(pid) {
+			inodes[ino] = true
+		}
+	}
+	out := map[netip.AddrPort][]reuseport.Socket{}
+	for _, s := range all {
+		if inodes[s.Inode] && s.Addr.String() != in.HealthAddr {
+			out[s.Addr] = append(out[s.Addr], s)
+		}
+	}
+	return out, nil
+}
+
+func inodesOf(socks []reuseport.Socket) []uint64 {
+	out := make([]uint64, len(socks))
+	for i, s := range socks {
+		out[i] = s.Inode
+	}
+	return out
+}
+
+// dark makes every shared address of old, the serving generation, steer
+// new connections to old's listeners only, before generation gen starts.
+// Where it cannot (a placeholder refused: another uid, another network
+// namespace; a read that fails), the handover into gen takes the kernel
+// path, said in one log line.
+func (st *steering) dark(gen int, old *Instance) {
+	if old == nil {
+		st.fallback(gen, errors.New("the serving generation is not known"))
+		return
+	}
+	byAddr, err := listenersOf(old)
+	if err != nil {
+		st.fallback(gen, fmt.Errorf("generation %d's listeners: %w", old.Gen, err))
+		return
+	}
+	for addr, g := range st.groups {
+		if _, ok := byAddr[addr]; !ok {
+			st.closeGroup(addr, g) // no longer served
+		}
+	}
+	for addr, socks := range byAddr {
+		g := st.groups[addr]
+		if g == nil {
+			g = reuseport.NewGroup(addr, reuseport.GroupOptions{Logger: st.log})
+		}
+		err := g.Dark(inodesOf(socks))
+		var refused *reuseport.PlaceholderError
+		switch {
+		case errors.As(err, &refused) && refused.UID == refused.EUID:
+			// Not shared (no SO_REUSEPORT: a per-process port): nothing to steer.
+			st.closeGroup(addr, g)
+		case err != nil:
+			st.closeGroup(addr, g)
+			st.fallback(gen, err)
+			return
+		default:
+			st.groups[addr] = g
+		}
+	}
+	if len(st.groups) == 0 {
+		st.fallback(gen, fmt.Errorf("generation %d shares no address with SO_REUSEPORT", old.Gen))
+		return
+	}
+	st.paths[gen] = PathSupervisor
+}
+
+// fallback gives up steering for the handover into gen: every placeholder
+// is closed and the kernel decides.
+func (st *steering) fallback(gen int, why error) {
+	st.closeAll()
+	st.paths[gen] = PathKernel
+	st.log.Warn("handover through the kernel path: the supervisor cannot steer the port",
+		KeyGeneration, gen, "reason", why.Error())
+}
+
+// steered reports whether the handover into gen is steered by the
+// supervisor.
+func (st *steering) steered(gen int) bool {
+	return st.paths[gen] == PathSupervisor && len(st.groups) > 0
+}
+
+// cutover switches every group to in's listeners. It returns the old
+// generation's listeners (by address) whose queues the caller waits for,
+// or false if the handover is not (or no longer) steered.
+func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.Socket, bool) {
+	if !st.steered(in.Gen) || old == nil {
+		return nil, false
+	}
+	next, err := listenersOf(in)
+	if err == nil {
+		var oldSocks map[netip.AddrPort][]reuseport.Socket
+		oldSocks, err = listenersOf(old)
+		for addr, g := range st.groups {
+			if err != nil {
+				break
+			}
+			socks := next[addr]
+			if len(socks) == 0 {
+				err = fmt.Errorf("generation %d does not listen on %s", in.Gen, addr)
+				break
+			}
+			// While the new generation is dark and last, a placeholder
+			// left by the last handover can go (see Group.Compact).
+			if err = g.Compact(); err != nil {
+				break
+			}
+			err = g.Cutover(inodesOf(socks))
+		}
+		if err == nil {
+			return oldSocks, true
+		}
+	}
+	// The port is not steered to the new generation: the kernel decides,
+	// as without steering.
+	st.closeAll()
+	st.paths[in.Gen] = PathKernel
+	st.log.Warn("cutover failed: the handover goes on through the kernel path", KeyGeneration, in.Gen, KeyError, err)
+	return nil, false
+}
+
+// prepareDepartures appends, to each group, as many placeholders as old
+// has listeners in it, before old's stop signal: its listeners then leave
+// in any order without moving the new generation's slots.
+func (st *steering) prepareDepartures(old *Instance) {
+	if len(st.groups) == 0 {
+		return
+	}
+	byAddr, err := listenersOf(old)
+	if err != nil {
+		st.log.Warn("cannot read the stopping generation's listeners; placeholders not added", KeyGeneration, old.Gen, KeyError, err)
+		return
+	}
+	for addr, g := range st.groups {
+		if n := len(byAddr[addr]); n > 0 {
+			if err := g.PrepareDepartures(n); err != nil {
+				st.log.Warn("cannot add placeholders before a stop signal", KeyGeneration, old.Gen, "addr", addr, KeyError, err)
+			}
+		}
+	}
+}
+
+// compact closes the placeholders no longer needed once the old
+// generation's listeners are gone. A group whose slots are no longer known
+// is given up (the next handover starts it again).
+func (st *steering) compact() {
+	for addr, g := range st.groups {
+		if err := g.Compact(); err != nil {
+			st.log.Warn("cannot compact the placeholders; closing them", "addr", addr, KeyError, err)
+			st.closeGroup(addr, g)
+		}
+	}
+}
+
+func (st *steering) closeGroup(addr netip.AddrPort, g *reuseport.Group) {
+	if err := g.Close(); err != nil {
+		st.log.Warn("cannot close placeholders", "addr", addr, KeyError, err)
+	}
+	delete(st.groups, addr)
+}
+
+// closeAll closes every placeholder.
+func (st *steering) closeAll() {
+	for addr, g := range st.groups {
+		st.closeGroup(addr, g)
+	}
+}
+
+// waitQuiet returns once the accept queues of old's listeners are empty
+// and none of the connections half-open on their addresses at the
+// cutover is still waiting, twice in a row, or at deadline: runner's rule
+// (a half-open connection is waited for until it completes, or until
+// retransmitGrace after its SYN-ACK is first seen retransmitted). It
+// returns what was still waiting at the deadline.
+func waitQuiet(ctx context.Context, old map[netip.AddrPort][]reuseport.Socket, deadline time.Time) (queued, halfOpen int) {
+	mine := map[uint64]bool{}
+	waiting := map[netip.AddrPort]map[netip.AddrPort]time.Time{}
+	for addr, socks := range old {
+		for _, s := range socks {
+			mine[s.Inode] = true
+		}
+		if now, err := reuseport.HalfOpen(addr); err == nil {
+			w := map[netip.AddrPort]time.Time{}
+			for peer, c := range now {
+				var seen time.Time
+				if c.Retransmits > 0 {
+					seen = time.Now()
+				}
+				w[peer] = seen
+			}
+			waiting[addr] = w
+		}
+	}
+	quiet := 0
+	for quiet < 2 {
+		if !time.Now().Before(deadline) || ctx.Err() != nil {
+			return queued, halfOpen
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(steerPoll):
+		}
+		known := true
+		queued, halfOpen = 0, 0
+		socks, err := reuseport.ListeningSockets()
+		if err != nil {
+			known = false
+		}
+		for _, s := range socks {
+			if mine[s.Inode] {
+				queued += s.Queue
+			}
+		}
+		for addr := range old {
+			w, ok := waiting[addr]
+			if !ok {
+				known = false
+				continue
+			}
+			if len(w) == 0 {
+				continue
+			}
+			now, err := reuseport.HalfOpen(addr)
+			if err != nil {
+				known = false
+				halfOpen += len(w)
+				continue
+			}
+			for peer, seen := range w {
+				c, ok := now[peer]
+				switch {
+				case !ok:
+					delete(w, peer) // completed (or given up by the kernel)
+				case c.Retransmits == 0:
+					halfOpen++
+				case seen.IsZero():
+					w[peer] = time.Now()
+					halfOpen++
+				case time.Since(seen) < retransmitGrace:
+					halfOpen++
+				default:
+					delete(w, peer)
+				}
+			}
+		}
+		if known && queued == 0 && halfOpen == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+	}
+	return 0, 0
+}
+
+// listenerCount is the number of listeners in byAddr.
+func listenerCount(byAddr map[netip.AddrPort][]reuseport.Socket) int {
+	n := 0
+	for _, s := range byAddr {
+		n += len(s)
+	}
+	return n
+}
+
+// steeringEnv is the variable that tells an instance the supervisor owns
+// the steering, if it does.
+func steeringEnv(env []string, owned bool) []string {
+	env = slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		return len(kv) > len(EnvSteering) && kv[:len(EnvSteering)+1] == EnvSteering+"="
+	})
+	if owned {
+		env = append(env, EnvSteering+"="+SteeringSupervisor)
+	}
+	return env
+}
+
+// performSteering does the machine's steering actions.
+func (l *runLoop) performSteering(a Action) {
+	s := l.s
+	switch a.Kind {
+	case ActDark:
+		l.steer.dark(a.Gen, l.insts[a.Old])
+	case ActCutover:
+		in, old := l.insts[a.Gen], l.insts[a.Old]
+		oldSocks, ok := (map[netip.AddrPort][]reuseport.Socket)(nil), false
+		if in != nil {
+			oldSocks, ok = l.steer.cutover(in, old)
+		}
+		if !ok {
+			s.post(Event{Kind: EvCutOver, Gen: a.Old})
+			return
+		}
+		s.log.Info("cut over: new connections go to the new generation", KeyGeneration, a.Gen,
+			"old_generation", a.Old, "old_listeners", listenerCount(oldSocks))
+		l.goPost(func() Event {
+			start := time.Now()
+			queued, halfOpen := waitQuiet(l.ctx, oldSocks, a.At)
+			if queued+halfOpen > 0 {
+				s.log.Warn("the old generation's listeners were not quiet by the deadline", KeyGeneration, a.Old,
+					"queued", queued, "half_open", halfOpen)
+			}
+			s.log.Info("old listeners quiet", KeyGeneration, a.Old, KeyDuration, time.Since(start).Round(time.Millisecond))
+			return Event{Kind: EvCutOver, Gen: a.Old}
+		})
+	case ActCompact:
+		l.steer.compact()
+	case ActUnsteer:
+		l.steer.closeAll()
+	}
+}
