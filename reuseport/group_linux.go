@@ -36,8 +36,13 @@ type Group struct {
 	phs    map[uint64]*placeholder
 
 	serving, probed []uint64 // the rule, as members
-	attached        []uint32 // serving slots of the program last attached
-	attachedProbe   []uint32
+	// departing: members that served before the last Cutover and have
+	// not left yet. Their departures move the placeholders that
+	// PrepareDepartures appended, so Compact closes none while one is
+	// still in the group.
+	departing     map[uint64]bool
+	attached      []uint32 // serving slots of the program last attached
+	attachedProbe []uint32
 }
 
 // block is a set of members that hold a set of slots, one each, in an
@@ -123,6 +128,12 @@ func (g *Group) Cutover(next []uint64) error {
 	if err := g.ready("Cutover"); err != nil {
 		return err
 	}
+	g.departing = map[uint64]bool{}
+	for _, m := range g.serving {
+		if !slices.Contains(next, m) {
+			g.departing[m] = true
+		}
+	}
 	g.serving, g.probed = slices.Clone(next), nil
 	return g.apply(nil)
 }
@@ -163,14 +174,26 @@ func (g *Group) Sync() error {
 // program first stops targeting its slot, and targets it again at its new
 // one after the close. A placeholder that only a move of the one member
 // the serving (or probed) generation has could remove stays: a later
-// Compact, while a new generation is dark and last, removes it. Call it
-// when no member is about to leave.
+// Compact, while a new generation is dark and last, removes it. While a
+// member that served before the last Cutover is still in the group (a
+// socket lingers a moment after its last process let go of it), Compact
+// closes nothing: that member's departure moves a placeholder that
+// PrepareDepartures appended. Call it when no other member is about to
+// leave.
 func (g *Group) Compact() error {
 	if err := g.ready("Compact"); err != nil {
 		return err
 	}
 	if err := g.sync(); err != nil {
 		return err
+	}
+	for m := range g.departing {
+		if g.where[m] != nil {
+			g.log.Info("placeholders kept: a member that served before the cutover is still in the group",
+				"addr", g.addr, "inode", m, "placeholders", len(g.phs))
+			return nil
+		}
+		delete(g.departing, m)
 	}
 	for len(g.phs) > 1 {
 		last := g.blockAt(g.n - 1)
@@ -876,4 +899,31 @@ func queueLen(fd int) (int, error) {
 		return 0, fmt.Errorf("reuseport: read a placeholder's TCP_INFO: %w", err)
 	}
 	return int(info.Unacked), nil
+}
+
+// String describes the group as the model has it, for logs: its address,
+// its slots (members in an unknown order share a bracket; placeholders are
+// marked p), and the slots the program steers to.
+func (g *Group) String() string {
+	slots := make([]string, g.n)
+	for _, b := range g.blocks {
+		var names []string
+		for _, m := range b.members {
+			if g.phs[m] != nil {
+				names = append(names, fmt.Sprintf("p%d", m))
+			} else {
+				names = append(names, fmt.Sprint(m))
+			}
+		}
+		for i, pos := range b.pos {
+			if pos < len(slots) {
+				if len(b.members) == 1 {
+					slots[pos] = names[0]
+				} else {
+					slots[pos] = fmt.Sprintf("%v#%d", names, i)
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("%s slots %v serving %v probe %v", g.addr, slots, g.attached, g.attachedProbe)
 }
