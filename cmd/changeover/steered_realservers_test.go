@@ -372,7 +372,7 @@ func runSteered(t *testing.T, tc steeredCase) steeredOutcome {
 	case <-time.After(30 * time.Second):
 		t.Errorf("run did not exit within 30s of SIGTERM")
 	}
-	if t.Failed() {
+	if t.Failed() || o.failed > 0 {
 		t.Logf("run output:\n%s", w.out.String())
 	}
 	return o

@@ -344,6 +344,11 @@ func steeringEnv(env []string, owned bool) []string {
 // performSteering does the machine's steering actions.
 func (l *runLoop) performSteering(a Action) {
 	s := l.s
+	defer func() {
+		for _, g := range l.steer.groups {
+			s.log.Debug("steering", "action", a.Kind.String(), KeyGeneration, a.Gen, "group", g.String())
+		}
+	}()
 	switch a.Kind {
 	case ActDark:
 		l.steer.dark(a.Gen, l.insts[a.Old])
