@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -32,14 +33,32 @@ type Probe interface {
 // Redirects are not followed (a 3xx is a failure), because a redirect could
 // lead to an address served by another instance. No proxy is used and
 // connections are not kept alive between checks.
+//
+// Source, if set, is the local address the probe connects from (a
+// supervisor routes connections from its probe address to the instance it
+// checks).
 type HTTP struct {
-	URL  string
-	Body string
+	URL    string
+	Body   string
+	Source netip.Addr
 }
 
 // TCP probes by connecting to Addr (host:port); healthy when the connection
-// is established. The connection is closed at once.
-type TCP struct{ Addr string }
+// is established. The connection is closed at once. Source, if set, is
+// the local address it connects from.
+type TCP struct {
+	Addr   string
+	Source netip.Addr
+}
+
+// dialer connects from source, if it is set.
+func dialer(source netip.Addr) *net.Dialer {
+	d := &net.Dialer{}
+	if source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: source.AsSlice(), Zone: source.Zone()}
+	}
+	return d
+}
 
 // Exec probes by running Command through /bin/sh -c; healthy on exit 0.
 //
@@ -146,6 +165,7 @@ func (h HTTP) Check(ctx context.Context) error {
 		Proxy:             nil,
 		DisableKeepAlives: true,
 		ForceAttemptHTTP2: false,
+		DialContext:       dialer(h.Source).DialContext,
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{
@@ -186,8 +206,7 @@ func (t TCP) String() string { return "tcp:" + t.Addr }
 
 // Check connects to t.Addr and closes the connection.
 func (t TCP) Check(ctx context.Context) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", t.Addr)
+	c, err := dialer(t.Source).DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err) // *net.OpError names the address
 	}
