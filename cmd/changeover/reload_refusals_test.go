@@ -8,12 +8,13 @@ import (
 	"time"
 )
 
-// TestReloadRefusals: a probe aimed at the shared port and a new instance
-// that does not listen where the old one does are refused; the old one
-// keeps serving.
+// TestReloadRefusals: a probe aimed at the shared port on the kernel path
+// (nothing routes it to the new instance: TestSharedPortProbe has the
+// steered case) and a new instance that does not listen where the old one
+// does are refused; the old one keeps serving.
 func TestReloadRefusals(t *testing.T) {
 	e := newEnv(t)
-	p := e.startInProcess("--health", "http://"+e.addr+"/", "--ready-timeout", "20s")
+	p := e.startInProcess("--health", "http://"+e.addr+"/", "--ready-timeout", "20s", "--steering", "kernel")
 	e.waitServing(p, 1)
 	e.setEnv("2")
 	code, _, stderr := cli("reload", "--control", e.sock)

@@ -497,3 +497,67 @@ func TestSteeringFallbackOtherUID(t *testing.T) {
 		t.Errorf("status: exit %d\n%s\nwant generation 2's handover shown as kernel", code, out)
 	}
 }
+
+// TestSharedPortProbe: nginx has no health address of its own, so its
+// probe is on the shared port (--health http://ADDR/healthz). With the
+// supervisor steering, the probe's connections come from the supervisor's
+// probe address and the group routes them to the new generation: a reload
+// succeeds while the old generation answers /healthz with 503, and fails
+// while the new one does, though the old one answers 200. The control,
+// --steering kernel, refuses such a probe, as the old one would answer it.
+func TestSharedPortProbe(t *testing.T) {
+	requireServer(t, nginxServer)
+	for _, steering := range []string{"supervisor", "kernel"} {
+		t.Run(steering, func(t *testing.T) {
+			r := newRealEnv(t, nginxServer)
+			p := r.startCommand(r.script, "--notify=false", "--health", "http://"+r.addr+"/healthz",
+				"--stop-signal", "QUIT", "--ready-timeout", "5s", "--drain-timeout", "10s", "--steering", steering)
+			t.Cleanup(func() { killGroups(r.env, p) })
+			r.waitServing(p, 1)
+			// nginx's workers (uid nobody under a root master) stat the
+			// marker files: let them through the test's directories.
+			for _, d := range []string{filepath.Dir(r.dir), r.dir, filepath.Join(r.dir, "nginx")} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			unhealthy := func(gen int) {
+				t.Helper()
+				if err := os.WriteFile(filepath.Join(r.dir, "nginx", fmt.Sprintf("unhealthy-%d", gen)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			unhealthy(1)
+			if resp, err := httpClient.Get("http://" + r.addr + "/healthz"); err != nil || resp.StatusCode != 503 {
+				t.Fatalf("generation 1's /healthz to a client: %v %v, want 503", resp, err)
+			} else {
+				resp.Body.Close()
+			}
+			r.setVersion("v2")
+			code, _, stderr := cli("reload", "--control", r.sock)
+			if steering == "kernel" {
+				if code != 1 || !strings.Contains(stderr, "would answer it") {
+					t.Errorf("kernel path: reload with a shared-port probe: exit %d, want 1 naming why: %s", code, stderr)
+				}
+				return
+			}
+			if code != 0 {
+				t.Fatalf("reload with the probe on the shared port while the old generation answers 503: exit %d: %s\n%s", code, stderr, p.stderr.String())
+			}
+			st := r.waitServing(p, 2)
+			g2, _ := genByNumber(st, 2)
+			answeredBy(t, r.addr, 10, "v2", g2.PGID)
+			if !strings.Contains(p.stderr.String(), "health probes on the shared port are routed to the new generation") {
+				t.Errorf("no log line about the routed probes:\n%s", p.stderr.String())
+			}
+			// Now the new generation is the unhealthy one: the reload fails,
+			// although generation 2 answers /healthz with 200.
+			unhealthy(3)
+			r.setVersion("v3")
+			if code, _, stderr := cli("reload", "--control", r.sock); code != 4 {
+				t.Errorf("reload to a generation whose /healthz answers 503: exit %d, want 4 (not ready): %s", code, stderr)
+			}
+			answeredBy(t, r.addr, 10, "v2", g2.PGID)
+		})
+	}
+}

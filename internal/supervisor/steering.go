@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/changeover-dev/changeover/healthcheck"
 	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/reuseport"
 )
@@ -46,15 +49,29 @@ const steerPoll = 5 * time.Millisecond
 // generous round trip (the rule of runner's handover).
 const retransmitGrace = 250 * time.Millisecond
 
-// steering holds the groups of the port the supervisor steers.
+// steering holds the groups of the port the supervisor steers. The loop
+// calls it from its goroutine; a readiness check routes its probes
+// (probeTo) from its own: mu serialises them.
 type steering struct {
 	log    *slog.Logger
+	probe  netip.Addr // the source address of the supervisor's probes on a shared port
+	mu     sync.Mutex
 	groups map[netip.AddrPort]*reuseport.Group
 	paths  map[int]string // generation -> the path of the handover into it
 }
 
 func newSteering(log *slog.Logger) *steering {
-	return &steering{log: log, groups: map[netip.AddrPort]*reuseport.Group{}, paths: map[int]string{}}
+	// A random address of 127/8 (not 127.0.0.1, which the placeholders'
+	// own connections come from): connections from it are the probes.
+	probe := netip.AddrFrom4([4]byte{127, byte(rand.IntN(254) + 1), byte(rand.IntN(256)), byte(rand.IntN(254) + 1)})
+	return &steering{log: log, probe: probe, groups: map[netip.AddrPort]*reuseport.Group{}, paths: map[int]string{}}
+}
+
+// path returns the path of the handover into gen ("" if none yet).
+func (st *steering) path(gen int) string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.paths[gen]
 }
 
 // listenersOf returns the listening sockets of in's process group on
@@ -110,7 +127,7 @@ func (st *steering) dark(gen int, old *Instance) {
 	for addr, socks := range byAddr {
 		g := st.groups[addr]
 		if g == nil {
-			g = reuseport.NewGroup(addr, reuseport.GroupOptions{Logger: st.log})
+			g = reuseport.NewGroup(addr, reuseport.GroupOptions{Logger: st.log, Probe: st.probe})
 		}
 		err := g.Dark(inodesOf(socks))
 		var refused *reuseport.PlaceholderError
@@ -136,7 +153,7 @@ func (st *steering) dark(gen int, old *Instance) {
 // fallback gives up steering for the handover into gen: every placeholder
 // is closed and the kernel decides.
 func (st *steering) fallback(gen int, why error) {
-	st.closeAll()
+	st.closeAllLocked()
 	st.paths[gen] = PathKernel
 	st.log.Warn("handover through the kernel path: the supervisor cannot steer the port",
 		KeyGeneration, gen, "reason", why.Error())
@@ -181,7 +198,7 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 	}
 	// The port is not steered to the new generation: the kernel decides,
 	// as without steering.
-	st.closeAll()
+	st.closeAllLocked()
 	st.paths[in.Gen] = PathKernel
 	st.log.Warn("cutover failed: the handover goes on through the kernel path", KeyGeneration, in.Gen, KeyError, err)
 	return nil, false
@@ -191,6 +208,8 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 // has listeners in it, before old's stop signal: its listeners then leave
 // in any order without moving the new generation's slots.
 func (st *steering) prepareDepartures(old *Instance) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	if len(st.groups) == 0 {
 		return
 	}
@@ -229,6 +248,12 @@ func (st *steering) closeGroup(addr netip.AddrPort, g *reuseport.Group) {
 
 // closeAll closes every placeholder.
 func (st *steering) closeAll() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.closeAllLocked()
+}
+
+func (st *steering) closeAllLocked() {
 	for addr, g := range st.groups {
 		st.closeGroup(addr, g)
 	}
@@ -344,6 +369,8 @@ func steeringEnv(env []string, owned bool) []string {
 // performSteering does the machine's steering actions.
 func (l *runLoop) performSteering(a Action) {
 	s := l.s
+	l.steer.mu.Lock()
+	defer l.steer.mu.Unlock()
 	defer func() {
 		for _, g := range l.steer.groups {
 			s.log.Debug("steering", "action", a.Kind.String(), KeyGeneration, a.Gen, "group", g.String())
@@ -377,6 +404,127 @@ func (l *runLoop) performSteering(a Action) {
 	case ActCompact:
 		l.steer.compact()
 	case ActUnsteer:
-		l.steer.closeAll()
+		l.steer.closeAllLocked()
 	}
+}
+
+// probeTo routes the supervisor's probes (connections from st.probe) to
+// in's listeners on every steered address, once in listens on each of
+// them (until ctx is done). False if the handover into in is not steered.
+func (st *steering) probeTo(ctx context.Context, in *Instance) (bool, error) {
+	for {
+		st.mu.Lock()
+		if !st.steered(in.Gen) {
+			st.mu.Unlock()
+			return false, nil
+		}
+		byAddr, err := listenersOf(in)
+		missing := err != nil
+		for addr := range st.groups {
+			if len(byAddr[addr]) == 0 {
+				missing = true
+			}
+		}
+		if !missing {
+			for addr, g := range st.groups {
+				if err := g.ProbeTo(inodesOf(byAddr[addr])); err != nil {
+					st.mu.Unlock()
+					return true, fmt.Errorf("route the probes on %s to generation %d: %w", addr, in.Gen, err)
+				}
+			}
+			st.mu.Unlock()
+			return true, nil
+		}
+		st.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return true, fmt.Errorf("generation %d does not listen on every steered address: %w", in.Gen, ctx.Err())
+		case <-time.After(coveragePoll):
+		}
+	}
+}
+
+// covers reports whether a probe of target would reach a steered address.
+func (st *steering) covers(target netip.AddrPort) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for addr := range st.groups {
+		if proc.Covers(addr, target) {
+			return true
+		}
+	}
+	return false
+}
+
+// routeProbes decides how the probes of in, which starts beside old, reach
+// it. A probe aimed at an address that old serves would be answered by
+// old, unless the supervisor steers the handover: then its connections
+// come from the supervisor's probe address and the group routes them to
+// in (ProbeTo), and routeProbes returns that address. It refuses such a
+// probe, with ErrProbeSharedPort, where the handover is not steered or
+// the probe cannot be routed (IPv6).
+func (s *Supervisor) routeProbes(ctx context.Context, in, old *Instance) (netip.Addr, error) {
+	if old == nil {
+		return netip.Addr{}, nil
+	}
+	var shared []string
+	for _, spec := range s.cfg.Probes {
+		t, ok := ProbeTarget(spec)
+		if !ok {
+			continue
+		}
+		addrs, err := sharedListenAddrs(old)
+		if err != nil {
+			continue // cannot tell
+		}
+		for _, a := range addrs {
+			if !proc.Covers(a, t) {
+				continue
+			}
+			why := ""
+			switch {
+			case s.steer == nil || !s.steer.covers(a) || s.steer.path(in.Gen) != PathSupervisor:
+				why = "the supervisor does not steer this handover"
+			case !t.Addr().Unmap().Is4():
+				why = "only probes over IPv4 can be routed by their source address"
+			}
+			if why != "" {
+				return netip.Addr{}, fmt.Errorf("%w: --health %s targets %s, which generation %d (pid %d) listens on, so the old instance would answer it (%s); use {health_addr} for the new instance's own address",
+					ErrProbeSharedPort, spec, t, old.Gen, old.PID, why)
+			}
+			shared = append(shared, spec)
+		}
+	}
+	if len(shared) == 0 {
+		return netip.Addr{}, nil
+	}
+	ok, err := s.steer.probeTo(ctx, in)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("%w: --health %s: the handover into generation %d is no longer steered", ErrProbeSharedPort, shared[0], in.Gen)
+	}
+	s.log.Info("health probes on the shared port are routed to the new generation", KeyGeneration, in.Gen, "source", s.steer.probe)
+	return s.steer.probe, nil
+}
+
+// withSource makes an HTTP or TCP probe aimed at an address other than
+// the instance's health address connect from source.
+func withSource(p healthcheck.Probe, spec string, source netip.Addr) healthcheck.Probe {
+	if !source.IsValid() {
+		return p
+	}
+	if _, ok := ProbeTarget(spec); !ok {
+		return p // {health_addr}, exec
+	}
+	switch p := p.(type) {
+	case healthcheck.HTTP:
+		p.Source = source
+		return p
+	case healthcheck.TCP:
+		p.Source = source
+		return p
+	}
+	return p
 }

@@ -135,6 +135,8 @@ type Supervisor struct {
 	status Status
 	last   *Result
 	kick   chan struct{}
+
+	steer *steering // Run's, for readiness checks that route their probes (nil outside Run)
 }
 
 // New returns a Supervisor; call Run.
@@ -148,7 +150,7 @@ func New(cfg Config) *Supervisor {
 	if cfg.MaxDraining <= 0 {
 		cfg.MaxDraining = DefaultMaxDraining
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), now: time.Now, relays: &relayPool{}}
+	s := &Supervisor{cfg: cfg, log: cfg.Log, kick: make(chan struct{}, 1), now: time.Now, relays: &relayPool{}, steer: newSteering(cfg.Log)}
 	s.os = s.realProcesses()
 	s.status = Status{Name: cfg.Name, PID: os.Getpid()}
 	return s
@@ -287,7 +289,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			MaxDraining: s.cfg.MaxDraining, PID: os.Getpid(),
 			Steered: s.cfg.Steering != SteeringKernel,
 		}),
-		steer: newSteering(s.log),
+		steer: s.steer,
 		insts: map[int]*Instance{}, timers: map[TimerID]time.Time{},
 		cancels: map[int]context.CancelFunc{}, prep: map[int]*prepared{},
 		stopSockets: map[int]map[uint64]bool{},
@@ -691,7 +693,11 @@ const coveragePoll = 20 * time.Millisecond
 func (s *Supervisor) waitReadyCovering(ctx context.Context, in *Instance, deadline time.Time, old *Instance) error {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if err := s.waitReady(ctx, in, time.Until(deadline)); err != nil {
+	source, err := s.routeProbes(ctx, in, old)
+	if err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx, in, time.Until(deadline), source); err != nil {
 		return err
 	}
 	if old == nil {
@@ -718,13 +724,16 @@ func (s *Supervisor) waitReadyCovering(ctx context.Context, in *Instance, deadli
 	}
 }
 
-func (s *Supervisor) waitReady(ctx context.Context, in *Instance, timeout time.Duration) error {
+// waitReady waits until in is ready. Probes aimed at a shared address
+// connect from source, if it is set (routeProbes).
+func (s *Supervisor) waitReady(ctx context.Context, in *Instance, timeout time.Duration, source netip.Addr) error {
 	var probes []healthcheck.Probe
 	for _, spec := range s.cfg.Probes {
 		p, err := healthcheck.Parse(spec, in.HealthAddr)
 		if err != nil {
 			return fmt.Errorf("health probe %q: %w", spec, err)
 		}
+		p = withSource(p, spec, source)
 		if ex, ok := p.(healthcheck.Exec); ok {
 			// The instance's environment and working directory; Exec adds
 			// Env to ours, so blank our own NOTIFY_SOCKET (systemd's).
@@ -747,6 +756,9 @@ func (s *Supervisor) waitReady(ctx context.Context, in *Instance, timeout time.D
 // checkProbes refuses probes aimed at a port that the old instance serves:
 // the old instance would answer them.
 func (s *Supervisor) checkProbes(old *Instance) error {
+	if s.cfg.Steering != SteeringKernel {
+		return nil // routed to the new instance if the handover is steered (routeProbes)
+	}
 	addrs, err := proc.GroupListenAddrs(old.PGID)
 	if err != nil {
 		return nil // cannot tell; nothing to refuse
