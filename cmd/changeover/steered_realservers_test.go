@@ -6,6 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -558,6 +561,101 @@ func TestSharedPortProbe(t *testing.T) {
 				t.Errorf("reload to a generation whose /healthz answers 503: exit %d, want 4 (not ready): %s", code, stderr)
 			}
 			answeredBy(t, r.addr, 10, "v2", g2.PGID)
+		})
+	}
+}
+
+// TestRealServersSteeredKeepAlive measures what keep-alive clients see
+// across steered reloads: 4 clients, each with its own keep-alive
+// connection, sending POSTs (which no client retries on its own). A server
+// that closes an idle keep-alive connection at its graceful stop races
+// with a client sending on it, as any HTTP/1.1 close does: nginx does at
+// QUIT, and those failures are counted, not asserted. gunicorn's sync
+// workers close every connection after its response (no keep-alive), so
+// its clients reconnect each time and lose nothing: asserted.
+func TestRealServersSteeredKeepAlive(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run the supervisor as uid 65534, a user without privilege")
+	}
+	for _, tc := range []struct {
+		server   realServer
+		reloads  int
+		lossFree bool
+	}{{nginxServer, 4, false}, {gunicornServer, 2, true}} {
+		t.Run(tc.server.name, func(t *testing.T) {
+			requireServer(t, tc.server)
+			w := newNobodyWorld(t, tc.server)
+			reloads := reloadCount(t, tc.reloads)
+			flags := []string{"--notify=false", "--health", "http://{health_addr}/", "--ready-timeout", "20s", "--drain-timeout", "10s"}
+			if tc.server.name == "nginx" {
+				flags = append(flags, "--stop-signal", "QUIT")
+			}
+			w.setVersion("v1", 3)
+			_, done := w.startSupervisor(flags...)
+			w.waitServing(done, 1)
+			var sent, failed, reused atomic.Int64
+			var mu sync.Mutex
+			var errs []string
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					tr := &http.Transport{MaxIdleConnsPerHost: 1}
+					defer tr.CloseIdleConnections()
+					c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+					deadline := time.Now().Add(time.Duration(reloads)*20*time.Second + 30*time.Second)
+					for i := 0; i < 200000 && time.Now().Before(deadline); i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						sent.Add(1)
+						var got bool
+						req, _ := http.NewRequest(http.MethodPost, "http://"+w.addr+"/", strings.NewReader("x"))
+						req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+							GotConn: func(i httptrace.GotConnInfo) { got = i.Reused },
+						}))
+						resp, err := c.Do(req)
+						if err == nil {
+							_, err = io.Copy(io.Discard, resp.Body)
+							resp.Body.Close()
+						}
+						if got {
+							reused.Add(1)
+						}
+						if err != nil {
+							failed.Add(1)
+							mu.Lock()
+							if len(errs) < 5 {
+								errs = append(errs, fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), err))
+							}
+							mu.Unlock()
+						}
+						time.Sleep(time.Millisecond) // pacing, not a wait for a condition
+					}
+				}()
+			}
+			for gen := 2; gen <= reloads+1; gen++ {
+				want := sent.Load() + 200
+				waitFor(t, 30*time.Second, "load progress", func() bool { return sent.Load() >= want })
+				w.setVersion(fmt.Sprintf("v%d", gen), 3)
+				if code, _, stderr := cli("reload", "--control", w.sock); code != 0 {
+					t.Fatalf("reload to generation %d: exit %d: %s", gen, code, stderr)
+				}
+				w.waitServing(done, gen)
+			}
+			want := sent.Load() + 200
+			waitFor(t, 30*time.Second, "load progress", func() bool { return sent.Load() >= want })
+			close(stop)
+			wg.Wait()
+			t.Logf("REALSERVER-KEEPALIVE %s: %d reloads, %d failed of %d POSTs (%d on a reused connection) %v",
+				tc.server.name, reloads, failed.Load(), sent.Load(), reused.Load(), errs)
+			if tc.lossFree && failed.Load() != 0 {
+				t.Errorf("%s closes every connection after its response: want 0 failed, got %d %v", tc.server.name, failed.Load(), errs)
+			}
 		})
 	}
 }
