@@ -243,7 +243,10 @@
 // atomically, sends the stop signal (--stop-signal, SIGTERM by default) to
 // the process that F named, waits for it to exit with its whole process
 // group (--drain-timeout, then SIGKILL of the group, as run does) and exits
-// 0. A failed new instance is killed; F and the old process are left alone.
+// 0. So unlike reload, swap returns when the old instance is gone, not at
+// the handover: it is what enforces the old instance's drain deadline (if
+// it is killed during the drain, the next swap does, see below). A failed
+// new instance is killed; F and the old process are left alone.
 // Concurrent swaps on one F are serialised by a flock on F.lock. An empty,
 // garbage or unwritable F exits 2 with nothing touched. swap takes --log,
 // --dir, --env-file, --health, --check, --notify, --ready-timeout,
