@@ -25,8 +25,10 @@ import (
 	"time"
 
 	"github.com/changeover-dev/changeover/internal/control"
+	"github.com/changeover-dev/changeover/internal/netnstest"
 	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/internal/supervisor"
+	"github.com/changeover-dev/changeover/reuseport"
 )
 
 // nginx, gunicorn and others under `changeover run`, with the supervisor
@@ -655,6 +657,46 @@ func TestRealServersSteeredKeepAlive(t *testing.T) {
 				tc.server.name, reloads, failed.Load(), sent.Load(), reused.Load(), errs)
 			if tc.lossFree && failed.Load() != 0 {
 				t.Errorf("%s closes every connection after its response: want 0 failed, got %d %v", tc.server.name, failed.Load(), errs)
+			}
+		})
+	}
+}
+
+// TestRealServersSteeredMigrateReq: the steered reloads of nginx (4 to 2
+// workers) and gunicorn with net.ipv4.tcp_migrate_req=1, in a network
+// namespace of its own. The kernel then migrates a closing listener's
+// queue by hash over the remaining members, placeholders included
+// (reuseport's TestMigrateReqWithPlaceholders); the supervisor stops an old
+// generation only once its queues are empty, so nothing is left to
+// migrate: still 0 failed, no early answer. The control, the kernel path
+// with tcp_migrate_req=1, resets no queue but lets new generations answer
+// before they are ready (and the never-ready one answer at all).
+func TestRealServersSteeredMigrateReq(t *testing.T) {
+	if !netnstest.Run(t) {
+		return
+	}
+	if err := reuseport.EnableMigrateReq(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []steeredCase{
+		{name: "nginx/4-2-workers", server: nginxServer, workers: []int{4, 2}, reloads: 4},
+		{name: "gunicorn", server: gunicornServer, reloads: 2},
+		{name: "nginx/4-2-workers/kernel-path-control", server: nginxServer, workers: []int{4, 2}, reloads: 4, kernel: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireServer(t, tc.server)
+			o := runSteered(t, tc)
+			t.Logf("REALSERVER-STEERED-MIGRATE-REQ %s: %d reloads, %d failed of %d requests; %d answers before ready; never-ready generation: %d failed, %d answers",
+				tc.name, o.reloads, o.failed, o.sent, o.early, o.neverFailed, o.neverAnswers)
+			if tc.kernel {
+				if o.early == 0 || o.neverAnswers == 0 {
+					t.Errorf("kernel path: %d early answers, %d from the never-ready generation: the control does not see what it should", o.early, o.neverAnswers)
+				}
+				return
+			}
+			if o.failed != 0 || o.early != 0 || o.neverAnswers != 0 || o.neverFailed != 0 {
+				t.Errorf("tcp_migrate_req=1, steered: %d failed (%v), %d early, %d from the never-ready generation, %d failed around it: want 0 each",
+					o.failed, o.errs, o.early, o.neverAnswers, o.neverFailed)
 			}
 		})
 	}
