@@ -118,12 +118,9 @@ type GroupSockets struct {
 	Listeners []Listener // the TCP listening sockets they hold
 }
 
-// GroupsListening returns, for each process group in pgids, its live
-// processes and the TCP listening sockets they hold: one pass over /proc
-// and one sock_diag dump for all the groups (GroupListenAddrs and
-// GroupListenInodes make one each per group). Every group asked for has
-// an entry.
-func GroupsListening(pgids ...int) (map[int]*GroupSockets, error) {
+// ListeningSockets lists every TCP listening socket of the network
+// namespace (one sock_diag dump).
+func ListeningSockets() ([]Listener, error) {
 	if listeningSockets == nil {
 		return nil, ErrUnavailable
 	}
@@ -131,34 +128,67 @@ func GroupsListening(pgids ...int) (map[int]*GroupSockets, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list listening sockets: %w", err)
 	}
-	byInode := make(map[uint64]Listener, len(all))
-	for _, s := range all {
-		byInode[s.Inode] = s
-	}
+	return all, nil
+}
+
+// GroupsMembers lists the live processes of each process group in pgids,
+// in one pass over /proc. Every group asked for has an entry.
+func GroupsMembers(pgids ...int) (map[int][]int, error) {
 	pidList, err := pids()
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[int]*GroupSockets, len(pgids))
+	out := make(map[int][]int, len(pgids))
 	for _, g := range pgids {
-		out[g] = &GroupSockets{}
+		out[g] = nil
 	}
 	for _, pid := range pidList {
 		st, err := ReadStat(pid)
 		if err != nil || st.State == 'Z' || st.State == 'X' {
 			continue
 		}
-		g := out[st.PGID]
-		if g == nil {
-			continue
+		if m, ok := out[st.PGID]; ok {
+			out[st.PGID] = append(m, pid)
 		}
-		g.Members = append(g.Members, pid)
+	}
+	return out, nil
+}
+
+// HeldBy returns the sockets of listening (as ListeningSockets returned
+// them) that one of pids holds open: every descriptor of each is read.
+func HeldBy(pids []int, listening []Listener) []Listener {
+	byInode := make(map[uint64]Listener, len(listening))
+	for _, s := range listening {
+		byInode[s.Inode] = s
+	}
+	var out []Listener
+	for _, pid := range pids {
 		for ino := range SocketInodes(pid) {
-			s, ok := byInode[ino]
-			if ok && !slices.Contains(g.Listeners, s) {
-				g.Listeners = append(g.Listeners, s)
+			if s, ok := byInode[ino]; ok && !slices.Contains(out, s) {
+				out = append(out, s)
 			}
 		}
+	}
+	return out
+}
+
+// GroupsListening returns, for each process group in pgids, its live
+// processes and the TCP listening sockets they hold: one pass over /proc
+// and one sock_diag dump for all the groups (GroupListenAddrs and
+// GroupListenInodes make one each per group). Every group asked for has
+// an entry.
+func GroupsListening(pgids ...int) (map[int]*GroupSockets, error) {
+	all, err := ListeningSockets()
+	if err != nil {
+		return nil, err
+	}
+	members, err := GroupsMembers(pgids...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]*GroupSockets, len(pgids))
+	for g, m := range members {
+		out[g] = &GroupSockets{Members: m, Listeners: HeldBy(m, all)}
 	}
 	return out, nil
 }

@@ -792,18 +792,50 @@ func sharedListenAddrs(in *Instance) ([]netip.AddrPort, error) {
 }
 
 // checkCoverage fails if the new instance does not listen on an address
-// that the old one shares with SO_REUSEPORT. Both groups are read in one
-// pass (one scan of /proc, one sock_diag dump), and the old group's
-// listening sockets are kept for its stop signal (listenersAtStop), which
-// follows at once when this passes.
+// that the old one shares with SO_REUSEPORT. Both groups' members are read
+// in one pass over /proc, with one sock_diag dump, and what the old group
+// holds is kept for its stop signal, which follows at once when this
+// passes (listenersAtStop, signalStop, listenersGone).
+//
+// The old group's descriptors, as many as its connections (tens of
+// milliseconds to read with 10,000 open), are read only if a listening
+// socket that could be one of its shared ones is on an address the new
+// group does not cover. Otherwise the old group's shared listeners are the
+// sockets on the addresses the new group covers, other than the new
+// group's own.
 func checkCoverage(in, old *Instance) error {
-	byGroup, err := proc.GroupsListening(in.PGID, old.PGID)
+	all, err := proc.ListeningSockets()
 	if err != nil {
 		return nil
 	}
+	members, err := proc.GroupsMembers(in.PGID, old.PGID)
+	if err != nil {
+		return nil
+	}
+	var newAddrs []netip.AddrPort
+	mine := map[uint64]bool{}
+	for _, l := range proc.HeldBy(members[in.PGID], all) {
+		newAddrs = append(newAddrs, l.Addr)
+		mine[l.Inode] = true
+	}
+	covered := map[uint64]bool{} // the old group's shared listeners, if it has any
+	uncovered := false
+	for _, l := range all {
+		switch {
+		case mine[l.Inode] || l.Addr.String() == old.HealthAddr:
+		case slices.ContainsFunc(newAddrs, func(h netip.AddrPort) bool { return proc.Covers(h, l.Addr) }):
+			covered[l.Inode] = true
+		case !uncovered && reusePortShared(l.Addr):
+			uncovered = true
+		}
+	}
+	if !uncovered {
+		old.noteListening(covered, covered, members[old.PGID], time.Now())
+		return nil
+	}
 	inodes, shared := map[uint64]bool{}, map[uint64]bool{}
-	var oldAddrs, newAddrs []netip.AddrPort
-	for _, l := range byGroup[old.PGID].Listeners {
+	var oldAddrs []netip.AddrPort
+	for _, l := range proc.HeldBy(members[old.PGID], all) {
 		inodes[l.Inode] = true
 		if slices.Contains(oldAddrs, l.Addr) {
 			shared[l.Inode] = true
@@ -812,10 +844,7 @@ func checkCoverage(in, old *Instance) error {
 			shared[l.Inode] = true
 		}
 	}
-	old.noteListening(inodes, shared, byGroup[old.PGID].Members, time.Now())
-	for _, l := range byGroup[in.PGID].Listeners {
-		newAddrs = append(newAddrs, l.Addr)
-	}
+	old.noteListening(inodes, shared, members[old.PGID], time.Now())
 	if miss := proc.Missing(newAddrs, oldAddrs); len(miss) > 0 {
 		return fmt.Errorf("%w: new instance does not listen on %s, which generation %d serves", ErrNotReady, miss[0], old.Gen)
 	}
