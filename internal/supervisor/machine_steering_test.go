@@ -2,7 +2,10 @@
 
 package supervisor
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // steeredReady2 continues serving1 (steered) with a reload whose generation
 // 2 is ready: the port is cut over to it, 1's stop signal waits.
@@ -43,6 +46,11 @@ var steeredRows = []struct {
 			{ev: stop(), want: "answer 2 ok; unsteer; stop 1; timer drain/1; stop 2; timer drain/2; watch 2", phase: phaseStopping},
 			{ev: cutOver(1), want: "", phase: phaseStopping},
 		})},
+	{"review 3: the drain deadline is the one given at the cutover, armed then",
+		seq(serving1, steeredReady2, []step{
+			{ev: cutOver(1), after: 29 * time.Second, want: "stop 1; timer drain/1"},
+			{ev: fire(TimerDrain, 1), after: time.Second, want: "kill 1; timer kill-grace/1"},
+		})},
 	{"the serving generation crashes: the placeholders are closed before the restart",
 		seq(serving1, []step{
 			{ev: exitedEv(1), want: "unsteer; kill 1; timer kill-grace/1; watch 1; checks 2"},
@@ -78,5 +86,34 @@ func TestMachineSteered(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A supervisor killed during a cutover leaves the old generation in the
+// state file as draining with its stop signal still to send: the next one
+// must send it (review 3 of issue 10: it was saved as plain draining, and
+// the adopting supervisor never stopped it).
+func TestStateFileDuringCutover(t *testing.T) {
+	cfg := testConfig
+	cfg.Steered = true
+	m := newMachine(cfg)
+	now := t0
+	for _, s := range seq(serving1, steeredReady2) {
+		ev := s.ev
+		ev.Now = now
+		m.Step(ev)
+	}
+	l := &runLoop{s: New(Config{Name: "t"}), m: m, insts: map[int]*Instance{
+		1: {Gen: 1, PID: 101, PGID: 101}, 2: {Gen: 2, PID: 102, PGID: 102},
+	}}
+	var g1 *StateGen
+	st := l.stateFile()
+	for i := range st.Generations {
+		if st.Generations[i].Generation == 1 {
+			g1 = &st.Generations[i]
+		}
+	}
+	if g1 == nil || g1.State != StateDraining || !g1.StopPending || !g1.DrainDeadline.Equal(t0.Add(cfg.DrainTimeout)) {
+		t.Fatalf("generation 1 in the state file during its cutover: %+v, want draining with its stop pending and the cutover's deadline", g1)
 	}
 }
