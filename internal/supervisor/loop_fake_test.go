@@ -201,7 +201,11 @@ func TestAdoptedInstanceDyingAtAdoptionIsACrash(t *testing.T) {
 		s.os = layer
 		var mu sync.Mutex
 		var stepped []string
-		s.stepped = func(ev Event) { mu.Lock(); stepped = append(stepped, fmt.Sprintf("%v/%d", ev.Kind, ev.Gen)); mu.Unlock() }
+		s.stepped = func(ev Event) {
+			mu.Lock()
+			stepped = append(stepped, fmt.Sprintf("%v/%d", ev.Kind, ev.Gen))
+			mu.Unlock()
+		}
 		done := make(chan error, 1)
 		go func() { done <- s.Run(context.Background()) }()
 		waitFor(t, "start, exit and group-empty stepped", func() bool {

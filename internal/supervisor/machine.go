@@ -84,9 +84,12 @@ type Event struct {
 type AdoptedGen struct {
 	Gen      int
 	PID      int
-	Draining bool      // it was draining: let it finish, do not stop it again
-	Deadline time.Time // its absolute drain deadline (zero: now + drain timeout)
-	Leftover bool      // it was starting (a reload the previous supervisor never finished): kill it
+	Draining bool // it was draining: let it finish, do not stop it again
+	// StopPending: draining, but its stop signal was still to be sent (a
+	// supervisor killed during a cutover): send it now, keep its deadline.
+	StopPending bool
+	Deadline    time.Time // its absolute drain deadline (zero: now + drain timeout)
+	Leftover    bool      // it was starting (a reload the previous supervisor never finished): kill it
 }
 
 // TimerKind names what a timer is for.
@@ -496,6 +499,13 @@ func (m *machine) start(ev Event) {
 		if g.deadline.IsZero() {
 			g.deadline = ev.Now.Add(m.cfg.DrainTimeout)
 		}
+		if a.StopPending {
+			m.log(slog.LevelInfo, "adopted instance whose stop signal was pending (its supervisor died during the cutover): sending it",
+				KeyGeneration, g.n, KeyPID, g.pid, "deadline", g.deadline)
+			g.stopped = ev.Now
+			m.signalStop(g)
+			continue
+		}
 		m.log(slog.LevelInfo, "adopted draining instance of a previous supervisor; it finishes its drain",
 			KeyGeneration, g.n, KeyPID, g.pid, "deadline", g.deadline)
 		m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
@@ -674,6 +684,11 @@ func (m *machine) retire(now time.Time, g *gen) {
 	g.stage = stDraining
 	g.stopped = now
 	g.deadline = now.Add(m.cfg.DrainTimeout)
+	m.signalStop(g)
+}
+
+// signalStop sends draining g its stop signal, with the deadline it has.
+func (m *machine) signalStop(g *gen) {
 	m.emit(Action{Kind: ActSave}) // draining on disk before the signal: a supervisor killed now adopts it as such
 	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})

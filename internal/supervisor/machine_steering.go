@@ -35,9 +35,10 @@ func (m *machine) cutover(now time.Time, g, old *gen) {
 	old.stage = stDraining
 	old.cutover = true
 	old.stopped = now
-	old.deadline = now.Add(m.cfg.DrainTimeout)
+	old.deadline = now.Add(m.cfg.DrainTimeout) // its one deadline: EvCutOver's stop signal keeps it
 	m.emit(Action{Kind: ActCutover, Gen: g.n, Old: old.n, At: old.deadline})
-	m.emit(Action{Kind: ActSave})
+	m.emit(Action{Kind: ActSave}) // with its stop pending: an adopting supervisor sends it
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, old.n}, At: old.deadline})
 	m.watch(old)
 	m.handedOver(now, old)
 }
@@ -53,7 +54,8 @@ func (m *machine) cutOver(ev Event) {
 	if g.empty {
 		return
 	}
-	m.retire(ev.Now, g)
+	g.stopped = ev.Now
+	m.signalStop(g) // the deadline given at the cutover
 }
 
 // retirePending sends the stop signal to every generation whose signal
@@ -64,7 +66,8 @@ func (m *machine) retirePending(now time.Time) {
 			g.cutover = false
 			if !g.empty {
 				m.log(slog.LevelInfo, "stopping before the cutover was quiet", KeyGeneration, g.n)
-				m.retire(now, g)
+				g.stopped = now
+				m.signalStop(g)
 			}
 		}
 	}

@@ -13,7 +13,7 @@ var steeredReady2 = []step{
 	{ev: reload(w1), want: "checks 2"},
 	{ev: checked(2, nil), want: "dark 2; start 2"},
 	{ev: started(2), want: ""},
-	{ev: ready(2), want: "promote 2; cutover 2; watch 1", phase: phaseCuttingOver},
+	{ev: ready(2), want: "promote 2; cutover 2; timer drain/1; watch 1", phase: phaseCuttingOver},
 }
 
 // steeredRows: the machine's decisions when the supervisor owns the

@@ -64,6 +64,9 @@ type StateGen struct {
 	// DrainDeadline is when a draining generation gets SIGKILL (zero
 	// unless State is draining).
 	DrainDeadline time.Time `json:"drain_deadline,omitzero"`
+	// StopPending: draining, its stop signal not sent yet (its cutover
+	// was not quiet yet): an adopting supervisor sends it.
+	StopPending bool `json:"stop_pending,omitempty"`
 }
 
 // verify checks, in /proc, that g's process is the one recorded: its start
@@ -178,7 +181,7 @@ func (s *Supervisor) adoptFromState() adoption {
 			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
 			in.setState(StateDraining)
 			in.setDrainDeadline(g.DrainDeadline)
-			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline})
+			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline, stopPending: g.StopPending})
 		default:
 			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr), leftover: true})
 		}

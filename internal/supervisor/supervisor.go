@@ -252,6 +252,8 @@ type adoptedInstance struct {
 	draining bool
 	deadline time.Time
 	leftover bool // starting when its supervisor died: the machine kills it
+	// stopPending: draining, its stop signal not sent yet (cutover)
+	stopPending bool
 }
 
 // runLoop is Run's own state: the machine and what performs its actions.
@@ -307,7 +309,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	start := Event{Kind: EvStart, LastGen: adopted.lastGen}
 	for _, a := range adopted.gens {
 		l.insts[a.in.Gen] = a.in
-		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline, Leftover: a.leftover})
+		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline, Leftover: a.leftover, StopPending: a.stopPending})
 	}
 	s.post(start)
 	for _, a := range adopted.gens {
@@ -627,7 +629,7 @@ func (l *runLoop) stateFile() StateFile {
 			Started: in.Started, State: g.stage.String(), HealthAddr: in.HealthAddr,
 		}
 		if g.stage == stDraining {
-			sg.DrainDeadline = g.deadline
+			sg.DrainDeadline, sg.StopPending = g.deadline, g.cutover
 		}
 		st.Generations = append(st.Generations, sg)
 	}
