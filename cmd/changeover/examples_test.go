@@ -1122,6 +1122,16 @@ func (k *exampleKit) testStatus(t *testing.T) {
 		t.Fatalf("reload: exit %d: %s", code, out)
 	}
 	w.waitServing(sock, sup, 2)
+	// The reload is done at the handover; the example shows generation 1
+	// once it has left.
+	waitFor(t, 20*time.Second, "generation 1 exited", func() bool {
+		st, err := exStatus(sock)
+		if err != nil {
+			return false
+		}
+		g, ok := genByNumber(st, 1)
+		return ok && g.State == supervisor.StateExited
+	})
 	code, text := exRun(t, env, k.changeover, "status", "--name", "demo")
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, text)

@@ -87,7 +87,7 @@ type AdoptedGen struct {
 	Draining bool // it was draining: let it finish, do not stop it again
 	// StopPending: draining, but its stop signal was still to be sent (a
 	// supervisor killed during a cutover): send it now, keep its deadline.
-	StopPending bool
+	StopPending bool      // Deadline is then the cutover's; the drain gets its own from the signal
 	Deadline    time.Time // its absolute drain deadline (zero: now + drain timeout)
 	Leftover    bool      // it was starting (a reload the previous supervisor never finished): kill it
 }
@@ -101,6 +101,7 @@ const (
 	TimerDrain                      // Gen's drain deadline: SIGKILL its group
 	TimerKillGrace                  // Gen's group was SIGKILLed this long ago: stop waiting for it
 	TimerSlot                       // a reload waited too long for a draining generation to finish
+	TimerCutover                    // Gen's cutover was not quiet in time: send its stop signal anyway
 )
 
 // TimerID identifies a timer; arming one again moves it.
@@ -110,7 +111,7 @@ type TimerID struct {
 }
 
 func (t TimerID) String() string {
-	name := [...]string{"backoff", "drain", "kill-grace", "slot"}[t.Kind]
+	name := [...]string{"backoff", "drain", "kill-grace", "slot", "cutover"}[t.Kind]
 	if t.Gen == 0 {
 		return name
 	}
@@ -500,10 +501,9 @@ func (m *machine) start(ev Event) {
 			g.deadline = ev.Now.Add(m.cfg.DrainTimeout)
 		}
 		if a.StopPending {
-			m.log(slog.LevelInfo, "adopted instance whose stop signal was pending (its supervisor died during the cutover): sending it",
-				KeyGeneration, g.n, KeyPID, g.pid, "deadline", g.deadline)
-			g.stopped = ev.Now
-			m.signalStop(g)
+			m.log(slog.LevelInfo, "adopted draining instance whose stop signal was pending (its supervisor died during the cutover): sending it",
+				KeyGeneration, g.n, KeyPID, g.pid)
+			m.retire(ev.Now, g)
 			continue
 		}
 		m.log(slog.LevelInfo, "adopted draining instance of a previous supervisor; it finishes its drain",
@@ -684,11 +684,6 @@ func (m *machine) retire(now time.Time, g *gen) {
 	g.stage = stDraining
 	g.stopped = now
 	g.deadline = now.Add(m.cfg.DrainTimeout)
-	m.signalStop(g)
-}
-
-// signalStop sends draining g its stop signal, with the deadline it has.
-func (m *machine) signalStop(g *gen) {
 	m.emit(Action{Kind: ActSave}) // draining on disk before the signal: a supervisor killed now adopts it as such
 	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
@@ -952,6 +947,11 @@ func (m *machine) timer(ev Event) {
 			m.log(slog.LevelError, "process group still not empty after SIGKILL; no longer waiting for it",
 				KeyGeneration, g.n, KeyPID, g.pid, "waited", killGrace)
 			m.groupEmpty(Event{Kind: EvGroupEmpty, Now: ev.Now, Gen: g.n})
+		}
+	case TimerCutover:
+		if g := m.gen(ev.Timer.Gen); g != nil && g.cutover && !ev.Now.Before(g.deadline) {
+			m.log(slog.LevelWarn, "cutover not quiet by its deadline: sending the stop signal", KeyGeneration, g.n, KeyPID, g.pid)
+			m.cutOver(Event{Kind: EvCutOver, Now: ev.Now, Gen: g.n})
 		}
 	case TimerSlot:
 		q := m.queued

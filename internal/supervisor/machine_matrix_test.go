@@ -40,7 +40,7 @@ var matrixSetups = []struct {
 		{ev: reload(w1), want: "checks 2"},
 		{ev: checked(2, nil), want: "dark 2; start 2"},
 		{ev: started(2), want: ""},
-		{ev: ready(2), want: "promote 2; cutover 2; timer drain/1; watch 1"},
+		{ev: ready(2), want: "promote 2; cutover 2; timer cutover/1; watch 1"},
 	}), 99, 2, 1},
 	{phaseDraining, serving2draining1, 99, 2, 1},
 	{phaseServing, serving1, 99, 1, 99},
@@ -89,6 +89,7 @@ var matrixEvents = []struct {
 	{"timer drain old", func(_, _, o int) Event { return fire(TimerDrain, o) }},
 	{"timer kill-grace old", func(_, _, o int) Event { return fire(TimerKillGrace, o) }},
 	{"timer slot", func(_, _, _ int) Event { return fire(TimerSlot, 0) }},
+	{"timer cutover old", func(_, _, o int) Event { return fire(TimerCutover, o) }},
 	{"cut over old", func(_, _, o int) Event { return cutOver(o) }},
 }
 
@@ -312,6 +313,15 @@ var matrixCells = map[string]string{
 	"stopping / timer drain old":             "kill 1; timer kill-grace/1 → stopping",
 	"stopping / timer kill-grace old":        "- → stopping",
 	"stopping / timer slot":                  "- → stopping",
+	"starting / timer cutover old":           "- → starting",
+	"checking / timer cutover old":           "- → checking",
+	"waiting-ready / timer cutover old":      "- → waiting-ready",
+	"handing-over / timer cutover old":       "- → handing-over",
+	"cutting-over / timer cutover old":       "stop 1; timer drain/1 → handing-over",
+	"draining / timer cutover old":           "- → draining",
+	"serving / timer cutover old":            "- → serving",
+	"backoff / timer cutover old":            "checks 3 → checking",
+	"stopping / timer cutover old":           "- → stopping",
 }
 
 func TestMachineMatrix(t *testing.T) {

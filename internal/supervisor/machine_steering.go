@@ -35,10 +35,15 @@ func (m *machine) cutover(now time.Time, g, old *gen) {
 	old.stage = stDraining
 	old.cutover = true
 	old.stopped = now
-	old.deadline = now.Add(m.cfg.DrainTimeout) // its one deadline: EvCutOver's stop signal keeps it
+	// The wait for a quiet cutover is bounded by the drain timeout (the
+	// loop reports EvCutOver by then; TimerCutover if it does not); the
+	// drain deadline then counts from the stop signal, as the instance
+	// is told (CHANGEOVER_DRAIN_TIMEOUT: runner cuts its last requests
+	// just before it).
+	old.deadline = now.Add(m.cfg.DrainTimeout)
 	m.emit(Action{Kind: ActCutover, Gen: g.n, Old: old.n, At: old.deadline})
 	m.emit(Action{Kind: ActSave}) // with its stop pending: an adopting supervisor sends it
-	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, old.n}, At: old.deadline})
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerCutover, old.n}, At: old.deadline})
 	m.watch(old)
 	m.handedOver(now, old)
 }
@@ -54,8 +59,7 @@ func (m *machine) cutOver(ev Event) {
 	if g.empty {
 		return
 	}
-	g.stopped = ev.Now
-	m.signalStop(g) // the deadline given at the cutover
+	m.retire(ev.Now, g)
 }
 
 // retirePending sends the stop signal to every generation whose signal
@@ -66,8 +70,7 @@ func (m *machine) retirePending(now time.Time) {
 			g.cutover = false
 			if !g.empty {
 				m.log(slog.LevelInfo, "stopping before the cutover was quiet", KeyGeneration, g.n)
-				g.stopped = now
-				m.signalStop(g)
+				m.retire(now, g)
 			}
 		}
 	}

@@ -428,10 +428,11 @@ var machineRows = []struct {
 		{ev: reload(nil), want: ""},
 		{ev: checked(4, fmt.Errorf("%w: exit 1", ErrCheckFailed)), want: "exit crash-loop"},
 	})},
-	{"review 3: an adopted generation whose stop signal was pending (a cutover) gets it, with its recorded deadline", []step{
+	{"review 3: an adopted generation whose stop signal was pending (a cutover) gets it, and its drain deadline from then", []step{
 		{ev: start(AdoptedGen{Gen: 1, PID: 101, Draining: true, StopPending: true, Deadline: t0.Add(20 * time.Second)}, AdoptedGen{Gen: 2, PID: 102}),
 			want: "stop 1; timer drain/1; watch 1; checks 3"},
-		{ev: fire(TimerDrain, 1), after: 20 * time.Second, want: "kill 1; timer kill-grace/1"},
+		{ev: fire(TimerDrain, 1), after: 20 * time.Second, want: ""},
+		{ev: fire(TimerDrain, 1), after: 10 * time.Second, want: "kill 1; timer kill-grace/1"},
 	}},
 	{"back-to-back reloads while older generations drain, up to the bound", seq(serving2draining1, []step{
 		{ev: reload(w1), want: "checks 3"},
