@@ -713,3 +713,115 @@ func TestRealServersSteeredMigrateReq(t *testing.T) {
 		})
 	}
 }
+
+// TestRealServerSwapSteered: nginx (3 workers) deployed 4 times with swap
+// under the saturating load, each new generation held not ready until its
+// dark window has seen 300 requests, and once a generation that never
+// becomes ready. swap steers through placeholders of its own for the time
+// of the handover: no failed request, no answer from a generation before
+// it is ready or from the never-ready one. The control, --steering kernel,
+// lets new generations answer as soon as they listen.
+func TestRealServerSwapSteered(t *testing.T) {
+	requireServer(t, nginxServer)
+	for _, steering := range []string{"supervisor", "kernel"} {
+		t.Run(steering, func(t *testing.T) {
+			r := newRealEnv(t, nginxServer)
+			pidfile := filepath.Join(r.dir, "nginx.pid")
+			runDir := filepath.Join(r.dir, "nginx")
+			var pgids []int // swap starts each generation in a session of its own
+			var pgmu sync.Mutex
+			t.Cleanup(func() {
+				pgmu.Lock()
+				defer pgmu.Unlock()
+				for _, g := range pgids {
+					_ = syscall.Kill(-g, syscall.SIGKILL)
+				}
+			})
+			ready := func(gen int) {
+				if err := os.WriteFile(filepath.Join(r.dir, fmt.Sprintf("ready-%d", gen)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			swap := func() chan error {
+				errc := make(chan error, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+					defer cancel()
+					var out, errb syncBuffer
+					err := run(ctx, []string{"swap", "--pidfile", pidfile, "--env-file", r.envFile,
+						"--notify=false", "--health", "http://{health_addr}/", "--health", "exec:test -e " + r.dir + "/ready-$CHANGEOVER_GENERATION",
+						"--stop-signal", "QUIT", "--ready-timeout", "8s", "--drain-timeout", "10s", "--steering", steering, "--", r.script}, &out, &errb)
+					if err != nil {
+						err = fmt.Errorf("%w\n%s", err, errb.String())
+					}
+					errc <- err
+				}()
+				return errc
+			}
+			// started waits until generation gen's nginx master listens on
+			// the shared address and returns its process group.
+			started := func(gen int) int {
+				var pgid int
+				waitFor(t, 20*time.Second, fmt.Sprintf("generation %d listening", gen), func() bool {
+					b, err := os.ReadFile(filepath.Join(runDir, fmt.Sprintf("nginx-%d.pid", gen)))
+					if err != nil {
+						return false
+					}
+					pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+					if pgid = pgidOf(pid); pgid == 0 {
+						return false
+					}
+					addrs, err := proc.GroupListenAddrs(pgid)
+					return err == nil && slices.ContainsFunc(addrs, func(a netip.AddrPort) bool { return a.String() == r.addr })
+				})
+				pgmu.Lock()
+				pgids = append(pgids, pgid)
+				pgmu.Unlock()
+				return pgid
+			}
+			ready(1)
+			if err := <-swap(); err != nil {
+				t.Fatalf("first swap: %v", err)
+			}
+			started(1)
+			load := startPIDLoad(t, r.addr, steeredClients, 3*time.Minute)
+			early, never := 0, 0
+			// A failed swap records nothing: the next one takes its number.
+			for i, gen := range []int{2, 3, 4, 4, 5} {
+				if i == 3 {
+					_ = os.Remove(filepath.Join(runDir, "nginx-4.pid"))
+				}
+				errc := swap()
+				pgid := started(gen)
+				load.progress(t, 300)
+				n := load.from(proc.GroupMembers(pgid))
+				if i == 2 { // never ready
+					never = n
+					if err := <-errc; err == nil {
+						t.Fatalf("swap to never-ready generation %d succeeded", gen)
+					}
+					continue
+				}
+				early += n
+				ready(gen)
+				if err := <-errc; err != nil {
+					t.Fatalf("swap to generation %d: %v", gen, err)
+				}
+				answeredBy(t, r.addr, 10, fmt.Sprintf("v%d", 1), pgid) // the env file keeps v1: who answers is checked by group
+			}
+			load.progress(t, 300)
+			load.stop()
+			t.Logf("REALSERVER-SWAP-STEERED %s: 4 swaps and a never-ready one, %d failed of %d requests; %d answers before ready; %d from the never-ready generation %v",
+				steering, load.failed.Load(), load.sent.Load(), early, never, load.errs)
+			if steering == "kernel" {
+				if early == 0 {
+					t.Errorf("kernel path: no answer before ready: the control does not see what it should")
+				}
+				return
+			}
+			if load.failed.Load() != 0 || early != 0 || never != 0 {
+				t.Errorf("swap steered: %d failed %v, %d early, %d from the never-ready generation: want 0 each", load.failed.Load(), load.errs, early, never)
+			}
+		})
+	}
+}
