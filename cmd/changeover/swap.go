@@ -42,8 +42,12 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	stopSignal, killMode := stopFlags(fs)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	takeover := fs.Bool("takeover", false, "retire the process named by a pidfile that swap cannot verify as one it started (another tool's pidfile)")
+	steering := fs.String("steering", supervisor.SteeringSupervisor, "who steers the port at the handover: supervisor (placeholder members of swap's own keep the new instance dark until it is ready, then switch the port to it) or kernel")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *steering != supervisor.SteeringSupervisor && *steering != supervisor.SteeringKernel {
+		return usagef(fs, "--steering must be %s or %s: %q", supervisor.SteeringSupervisor, supervisor.SteeringKernel, *steering)
 	}
 	if *pidfile == "" {
 		return usagef(fs, "--pidfile is required")
@@ -89,6 +93,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			DrainTimeout: *drainTimeout, StopSignal: *stopSignal, KillMode: *killMode,
 		},
 		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log, Takeover: *takeover,
+		Steering: *steering,
 	})
 	if sig := unix.Signal(caught.Load()); err != nil && sig != 0 && errors.Is(err, supervisor.ErrInterrupted) {
 		return &codeError{code: 128 + int(sig), err: err}

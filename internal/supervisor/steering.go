@@ -528,3 +528,25 @@ func withSource(p healthcheck.Probe, spec string, source netip.Addr) healthcheck
 	}
 	return p
 }
+
+// swapCutover is the cutover of Swap, which has no loop: switch the port to
+// in, wait until old's listeners are quiet (by deadline), and append the
+// placeholders for old's departures. Nothing, where the handover is not
+// steered.
+func (s *Supervisor) swapCutover(in, old *Instance, deadline time.Time) {
+	s.steer.mu.Lock()
+	oldSocks, ok := s.steer.cutover(in, old)
+	s.steer.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.log.Info("cut over: new connections go to the new generation", KeyGeneration, in.Gen,
+		"old_generation", old.Gen, "old_listeners", listenerCount(oldSocks))
+	start := time.Now()
+	if queued, halfOpen := waitQuiet(context.Background(), oldSocks, deadline); queued+halfOpen > 0 {
+		s.log.Warn("the old generation's listeners were not quiet by the deadline", KeyGeneration, old.Gen,
+			"queued", queued, "half_open", halfOpen)
+	}
+	s.log.Info("old listeners quiet", KeyGeneration, old.Gen, KeyDuration, time.Since(start).Round(time.Millisecond))
+	s.steer.prepareDepartures(old)
+}

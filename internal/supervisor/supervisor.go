@@ -915,6 +915,7 @@ func (s *Supervisor) startReady(ctx context.Context, gen int, old *Instance) (*I
 	if err != nil {
 		return nil, err
 	}
+	p.env = steeringEnv(p.env, s.cfg.Steering != SteeringKernel && s.steer.path(gen) != PathKernel)
 	in, err := s.start(gen, p)
 	if err != nil {
 		return nil, err

@@ -40,6 +40,10 @@ type SwapConfig struct {
 	// is refused, nothing touched.
 	Takeover bool
 	Log      *slog.Logger
+	// Steering is who steers the port at the handover, as Config.Steering:
+	// SteeringSupervisor (default) through placeholders of Swap's own, for
+	// the time of the handover, or SteeringKernel.
+	Steering string
 }
 
 // SwapResult says what Swap did.
@@ -250,7 +254,13 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	}
 	rp := reaper.New(log, false)
 	defer rp.Close()
-	s := New(Config{Launch: l, Probes: cfg.Probes, Notify: cfg.Notify, ReadyTimeout: cfg.ReadyTimeout, Log: log, Reaper: rp})
+	s := New(Config{Launch: l, Probes: cfg.Probes, Notify: cfg.Notify, ReadyTimeout: cfg.ReadyTimeout, Log: log, Reaper: rp, Steering: cfg.Steering})
+	defer s.steer.closeAll()
+	if old != nil && cfg.Steering != SteeringKernel {
+		s.steer.mu.Lock()
+		s.steer.dark(gen, old)
+		s.steer.mu.Unlock()
+	}
 	in, err := s.startReady(ctx, gen, old)
 	if err != nil && ctx.Err() != nil {
 		return nil, fmt.Errorf("%w before the new instance was ready: it was killed with its process group; %s and the old instance are untouched: %w", ErrInterrupted, cfg.Pidfile, context.Cause(ctx))
@@ -304,7 +314,11 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	if old != nil {
 		res.OldPID = old.PID
 		start := time.Now()
+		s.swapCutover(in, old, start.Add(l.DrainTimeout))
 		out := stopInstance(old, &l, l.DrainTimeout, nil, log)
+		s.steer.mu.Lock()
+		s.steer.compact()
+		s.steer.mu.Unlock()
 		res.OldKilled = out.Killed
 		logStopped(log, old, out, start)
 	}
