@@ -815,7 +815,12 @@ func checkCoverage(in, old *Instance) error {
 		return nil
 	}
 	var newAddrs []netip.AddrPort
-	mine := map[uint64]bool{}
+	// Not the old group's either: the supervisor's own sockets (the
+	// placeholders of its steering, in the same reuseport groups).
+	mine := proc.SocketInodes(os.Getpid())
+	if mine == nil {
+		mine = map[uint64]bool{}
+	}
 	for _, l := range proc.HeldBy(members[in.PGID], all) {
 		newAddrs = append(newAddrs, l.Addr)
 		mine[l.Inode] = true
