@@ -84,14 +84,6 @@ func (in *Instance) noteListening(inodes, shared map[uint64]bool, members []int,
 	in.mu.Unlock()
 }
 
-// sharedSnapshot returns the inodes of its shared listeners in the last
-// snapshot (see snapshot for its freshness).
-func (in *Instance) sharedSnapshot() map[uint64]bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.listeningShared
-}
-
 // sharedAtStop returns the inodes of the listening sockets on shared
 // addresses that its group held when its stop signal went, if a fresh
 // snapshot said so (nil: unknown).

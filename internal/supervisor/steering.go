@@ -96,31 +96,6 @@ func listenersOf(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
 	return out, nil
 }
 
-// listenersOfReplaced is listenersOf for the generation being replaced,
-// between its replacement's coverage check and its stop signal: from the
-// check's fresh snapshot of its shared listeners (one sock_diag dump; its
-// descriptors, as many as its connections, are not read again), else read
-// now. Only the shared addresses are in the snapshot, and only those are
-// steered.
-func listenersOfReplaced(old *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
-	_, _, ok := old.snapshot(time.Now())
-	shared := old.sharedSnapshot()
-	if !ok || shared == nil {
-		return listenersOf(old)
-	}
-	all, err := reuseport.ListeningSockets()
-	if err != nil {
-		return nil, fmt.Errorf("list listening sockets: %w", err)
-	}
-	out := map[netip.AddrPort][]reuseport.Socket{}
-	for _, s := range all {
-		if shared[s.Inode] && s.Addr.String() != old.HealthAddr {
-			out[s.Addr] = append(out[s.Addr], s)
-		}
-	}
-	return out, nil
-}
-
 func inodesOf(socks []reuseport.Socket) []uint64 {
 	out := make([]uint64, len(socks))
 	for i, s := range socks {
@@ -200,7 +175,7 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 	next, err := listenersOf(in)
 	if err == nil {
 		var oldSocks map[netip.AddrPort][]reuseport.Socket
-		oldSocks, err = listenersOfReplaced(old)
+		oldSocks, err = listenersOf(old)
 		for addr, g := range st.groups {
 			if err != nil {
 				break
@@ -238,7 +213,7 @@ func (st *steering) prepareDepartures(old *Instance) {
 	if len(st.groups) == 0 {
 		return
 	}
-	byAddr, err := listenersOfReplaced(old)
+	byAddr, err := listenersOf(old)
 	if err != nil {
 		st.log.Warn("cannot read the stopping generation's listeners; placeholders not added", KeyGeneration, old.Gen, KeyError, err)
 		return
