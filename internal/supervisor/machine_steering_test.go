@@ -71,29 +71,7 @@ func TestMachineSteered(t *testing.T) {
 	cfg := testConfig
 	cfg.Steered = true
 	for _, row := range steeredRows {
-		t.Run(row.name, func(t *testing.T) {
-			m := newMachine(cfg)
-			now := t0
-			for i, s := range row.steps {
-				now = now.Add(s.after)
-				ev := s.ev
-				ev.Now = now
-				acts := m.Step(ev)
-				if got := render(acts, false); got != s.want {
-					t.Errorf("step %d (%v gen %d): got actions\n\t%q\nwant\n\t%q", i, ev.Kind, ev.Gen, got, s.want)
-				}
-				if s.phase != 0 && m.phase() != s.phase {
-					t.Errorf("step %d (%v gen %d): phase %v, want %v", i, ev.Kind, ev.Gen, m.phase(), s.phase)
-				}
-				invariants(t, m, acts)
-				for _, w := range []chan Result{w1, w2} {
-					select {
-					case <-w:
-					default:
-					}
-				}
-			}
-		})
+		t.Run(row.name, func(t *testing.T) { runRow(t, cfg, row.steps) })
 	}
 }
 

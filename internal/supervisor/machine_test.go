@@ -564,39 +564,44 @@ func invariants(t *testing.T, m *machine, acts []Action) {
 
 func TestMachineTable(t *testing.T) {
 	for _, row := range machineRows {
-		t.Run(row.name, func(t *testing.T) {
-			m := newMachine(testConfig)
-			now := t0
-			for i, s := range row.steps {
-				now = now.Add(s.after)
-				ev := s.ev
-				ev.Now = now
-				acts := m.Step(ev)
-				if got := render(acts, false); got != s.want {
-					t.Errorf("step %d (%v gen %d): got actions\n\t%q\nwant\n\t%q", i, ev.Kind, ev.Gen, got, s.want)
-				}
-				if s.notify != "" {
-					if got := render(acts, true); !notifyMatch(got, s.notify) {
-						t.Errorf("step %d (%v gen %d): notify %q, want %q", i, ev.Kind, ev.Gen, got, s.notify)
-					}
-				}
-				if s.phase != 0 && m.phase() != s.phase {
-					t.Errorf("step %d (%v gen %d): phase %v, want %v", i, ev.Kind, ev.Gen, m.phase(), s.phase)
-				}
-				invariants(t, m, acts)
-				for _, a := range acts {
-					if a.Kind == ActStart && !a.At.After(now) {
-						t.Errorf("step %d: start %d with its ready deadline passed (%v, now %v)", i, a.Gen, a.At.Sub(t0), now.Sub(t0))
-					}
-				}
-				for _, w := range []chan Result{w1, w2} {
-					select { // the loop's answers are buffered sends
-					case <-w:
-					default:
-					}
-				}
+		t.Run(row.name, func(t *testing.T) { runRow(t, testConfig, row.steps) })
+	}
+}
+
+// runRow feeds a new machine with cfg the row's steps and checks each
+// step's actions, messages to systemd and phase, and the invariants.
+func runRow(t *testing.T, cfg machineConfig, steps []step) {
+	t.Helper()
+	m := newMachine(cfg)
+	now := t0
+	for i, s := range steps {
+		now = now.Add(s.after)
+		ev := s.ev
+		ev.Now = now
+		acts := m.Step(ev)
+		if got := render(acts, false); got != s.want {
+			t.Errorf("step %d (%v gen %d): got actions\n\t%q\nwant\n\t%q", i, ev.Kind, ev.Gen, got, s.want)
+		}
+		if s.notify != "" {
+			if got := render(acts, true); !notifyMatch(got, s.notify) {
+				t.Errorf("step %d (%v gen %d): notify %q, want %q", i, ev.Kind, ev.Gen, got, s.notify)
 			}
-		})
+		}
+		if s.phase != 0 && m.phase() != s.phase {
+			t.Errorf("step %d (%v gen %d): phase %v, want %v", i, ev.Kind, ev.Gen, m.phase(), s.phase)
+		}
+		invariants(t, m, acts)
+		for _, a := range acts {
+			if a.Kind == ActStart && !a.At.After(now) {
+				t.Errorf("step %d: start %d with its ready deadline passed (%v, now %v)", i, a.Gen, a.At.Sub(t0), now.Sub(t0))
+			}
+		}
+		for _, w := range []chan Result{w1, w2} {
+			select { // the loop's answers are buffered sends
+			case <-w:
+			default:
+			}
+		}
 	}
 }
 
