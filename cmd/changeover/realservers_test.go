@@ -186,26 +186,37 @@ func ask(addr, path string) (answer, error) {
 }
 
 // realLoad is a bounded load of clients opening a new connection per
-// request, counting the answers per version and the failures.
+// request, counting the answers per version and per PID, and the failures.
 type realLoad struct {
 	sent, failed atomic.Int64
 	mu           sync.Mutex
 	byVersion    map[string]int
+	byPID        map[int]int
 	errs         []string
 	stopc        chan struct{}
 	wg           sync.WaitGroup
 }
 
 // startRealLoad runs clients until stop, for at most 50,000 requests each
-// and at most limit.
+// and at most limit, a millisecond apart.
 func startRealLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
-	l := &realLoad{byVersion: map[string]int{}, stopc: make(chan struct{})}
+	return runRealLoad(t, addr, clients, limit, 50000, time.Millisecond)
+}
+
+// startPIDLoad is a saturating realLoad: no pause between requests, at
+// most 200,000 each.
+func startPIDLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
+	return runRealLoad(t, addr, clients, limit, 200000, 0)
+}
+
+func runRealLoad(t *testing.T, addr string, clients int, limit time.Duration, perClient int, pace time.Duration) *realLoad {
+	l := &realLoad{byVersion: map[string]int{}, byPID: map[int]int{}, stopc: make(chan struct{})}
 	for range clients {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
 			deadline := time.Now().Add(limit)
-			for i := 0; i < 50000 && time.Now().Before(deadline); i++ {
+			for i := 0; i < perClient && time.Now().Before(deadline); i++ {
 				select {
 				case <-l.stopc:
 					return
@@ -221,9 +232,12 @@ func startRealLoad(t *testing.T, addr string, clients int, limit time.Duration) 
 					}
 				} else {
 					l.byVersion[a.version]++
+					l.byPID[a.pid]++
 				}
 				l.mu.Unlock()
-				time.Sleep(time.Millisecond) // pacing, not a wait for a condition
+				if pace > 0 {
+					time.Sleep(pace) // pacing, not a wait for a condition
+				}
 			}
 		}()
 	}

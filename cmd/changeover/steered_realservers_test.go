@@ -241,60 +241,8 @@ func (w *nobodyWorld) waitServing(done chan struct{}, gen int) supervisor.GenSta
 	return g
 }
 
-// pidLoad is a bounded saturating load: clients opening a new connection
-// per request, counting the answers per PID and the failures.
-type pidLoad struct {
-	sent, failed atomic.Int64
-	mu           sync.Mutex
-	byPID        map[int]int
-	errs         []string
-	stopc        chan struct{}
-	wg           sync.WaitGroup
-}
-
-func startPIDLoad(t *testing.T, addr string, clients int, limit time.Duration) *pidLoad {
-	l := &pidLoad{byPID: map[int]int{}, stopc: make(chan struct{})}
-	for range clients {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			deadline := time.Now().Add(limit)
-			for i := 0; i < 200000 && time.Now().Before(deadline); i++ {
-				select {
-				case <-l.stopc:
-					return
-				default:
-				}
-				l.sent.Add(1)
-				a, err := ask(addr, "/")
-				l.mu.Lock()
-				if err != nil {
-					l.failed.Add(1)
-					if len(l.errs) < 5 {
-						l.errs = append(l.errs, fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), err))
-					}
-				} else {
-					l.byPID[a.pid]++
-				}
-				l.mu.Unlock()
-			}
-		}()
-	}
-	t.Cleanup(l.stop)
-	return l
-}
-
-func (l *pidLoad) stop() {
-	select {
-	case <-l.stopc:
-	default:
-		close(l.stopc)
-	}
-	l.wg.Wait()
-}
-
 // from counts the answers given so far by the processes of pids.
-func (l *pidLoad) from(pids []int) int {
+func (l *realLoad) from(pids []int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
@@ -305,7 +253,7 @@ func (l *pidLoad) from(pids []int) int {
 }
 
 // progress waits until the load has sent n more requests.
-func (l *pidLoad) progress(t *testing.T, n int64) {
+func (l *realLoad) progress(t *testing.T, n int64) {
 	t.Helper()
 	want := l.sent.Load() + n
 	waitFor(t, 30*time.Second, "load progress", func() bool { return l.sent.Load() >= want })
@@ -398,7 +346,7 @@ func runSteered(t *testing.T, tc steeredCase) steeredOutcome {
 // on the shared address and the load has sent 300 more requests, counts
 // the answers its processes gave meanwhile, then lets it become ready (if
 // ready) and returns the reload's exit code.
-func steeredReload(t *testing.T, w *nobodyWorld, load *pidLoad, gen int, ready bool) (early, code int) {
+func steeredReload(t *testing.T, w *nobodyWorld, load *realLoad, gen int, ready bool) (early, code int) {
 	t.Helper()
 	type result struct {
 		code        int
