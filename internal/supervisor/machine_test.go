@@ -23,8 +23,12 @@ var testConfig = machineConfig{
 	CrashLimit: 3, CrashWindow: time.Minute, MaxDraining: 2, PID: 42,
 }
 
-// t0 is the machine's time at the first step.
-var t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+// t0 is the machine's time at the first step. It must lie in the future:
+// TestSupervisorOverFakeProcesses runs the real loop on a clock that starts
+// at t0, and the loop gives deadlines of that clock to real contexts (the
+// checks'). At 2026-12-01 12:00 UTC, the value it had, every check was
+// cancelled at once and every row failed.
+var t0 = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // step is one event and what it must do. after moves the clock first.
 type step struct {
