@@ -121,6 +121,9 @@ type nobodyWorld struct {
 	script   string
 	upstream string
 	out      fileOut
+	// listen is the next generation's listen directive (LISTEN_ADDR,
+	// nginx's "listen ... reuseport"); "": addr.
+	listen string
 }
 
 func newNobodyWorld(t *testing.T, s realServer) *nobodyWorld {
@@ -147,8 +150,12 @@ func newNobodyWorld(t *testing.T, s realServer) *nobodyWorld {
 
 // setVersion writes the env file the next generation reads.
 func (w *nobodyWorld) setVersion(version string, workers int) {
+	listen := w.listen
+	if listen == "" {
+		listen = w.addr
+	}
 	lines := []string{
-		"LISTEN_ADDR=" + w.addr, "APP_VERSION=" + version, "UPSTREAM_ADDR=" + w.upstream,
+		"LISTEN_ADDR=" + listen, "APP_VERSION=" + version, "UPSTREAM_ADDR=" + w.upstream,
 		"NGINX_RUN_DIR=" + filepath.Join(w.dir, "nginx"), "PYTHONDONTWRITEBYTECODE=1",
 		"NGINX_WORKERS=" + strconv.Itoa(workers),
 	}
