@@ -112,6 +112,10 @@ func TestOverlappingAddressesAreSeparateGroups(t *testing.T) {
 				t.Fatalf("%s and %s: SameGroup %v, Overlaps %v; want false, true", w.Addr(), n.Addr(),
 					wideGroup.SameGroup(narrowGroup), wideGroup.Overlaps(narrowGroup))
 			}
+			if !narrowGroup.Shadows(wideGroup) || wideGroup.Shadows(narrowGroup) {
+				t.Fatalf("%s shadows %s: %v, and the reverse: %v; want true, false", n.Addr(), w.Addr(),
+					narrowGroup.Shadows(wideGroup), wideGroup.Shadows(narrowGroup))
+			}
 			got := dialAndCount(t, tc.dial+":"+port, 10, w.(*net.TCPListener), n.(*net.TCPListener))
 			if got[0] != 0 || got[1] != 10 {
 				t.Fatalf("queues: %s %d, %s %d; want all 10 on %s", w.Addr(), got[0], n.Addr(), got[1], n.Addr())

@@ -62,6 +62,37 @@ func (s Socket) Overlaps(o Socket) bool {
 	return meet(s4, o4) || meet(s6, o6)
 }
 
+// Shadows reports whether the kernel gives s, a listener of another
+// reuseport group, some of the connections that o would otherwise take:
+// its listener lookup picks a group before any steering program runs, so
+// a program attached to o's group never sees them. For a connection both
+// take, s comes first if its address is specific and o's a wildcard, or
+// both have the same IPv4 address and s is AF_INET while o is a
+// dual-stack AF_INET6 socket, or both have the same address and s is
+// bound to a device and o is not (for that device's connections).
+// A wider s (0.0.0.0 beside o's 127.0.0.1, a dual-stack [::] beside o's
+// 0.0.0.0) does not shadow o: it takes only connections o never gets.
+func (s Socket) Shadows(o Socket) bool {
+	if s.SameGroup(o) || !s.Overlaps(o) {
+		return false
+	}
+	s4, s6 := s.reach()
+	o4, o6 := o.reach()
+	first := func(a, b netip.Addr) bool { // a's lookup comes before b's: a specific address in b's wildcard
+		return a.IsValid() && b.IsValid() && !a.IsUnspecified() && b.IsUnspecified()
+	}
+	same := func(a, b netip.Addr) bool { return a.IsValid() && a == b }
+	switch {
+	case first(s4, o4), first(s6, o6):
+		return true
+	case same(s4, o4) && s.Addr.Addr().Is4() && !o.Addr.Addr().Is4():
+		return true
+	case s.Dev != 0 && o.Dev == 0 && (same(s4, o4) || same(s6, o6)):
+		return true
+	}
+	return false
+}
+
 // reach returns the local addresses of the IPv4 and of the IPv6
 // connections the socket takes: an unspecified address for any, the zero
 // Addr for none.
