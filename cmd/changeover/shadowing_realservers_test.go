@@ -21,6 +21,18 @@ const (
 	shadowReadyTimeout = 20 * time.Second
 )
 
+// What the refused generation costs is not 0: between its listen and its
+// SIGKILL (one poll of the supervisor's watch, its /proc scan, the loop's
+// kill: about 30 to 60 ms of the whole reload here, under -race) the
+// kernel gives it the clients of 127.0.0.1, and the kill resets those it
+// has queued or not answered yet. Measured over 6 runs of each case at the
+// fix: 11 to 76 answers, 0 to 10 failed; before it, about 100,000 answers
+// (20 s) and 1 to 6 failed. The bounds leave room for a loaded machine.
+const (
+	shadowAnswersBound = 400
+	shadowFailedBound  = 40
+)
+
 // TestRealServersSteeredShadowingAddress: nginx serves on a wildcard
 // address under the saturating load (clients connect to 127.0.0.1), and a
 // reload brings a generation that listens on another address of the same
@@ -31,7 +43,8 @@ const (
 // dark. The reload must be refused soon (not at the ready deadline), with
 // an error naming both addresses, while generation 1 keeps serving; the
 // requests answered by the refused generation, and those that failed, are
-// counted (REALSERVER-SHADOWING lines) and bounded.
+// counted (REALSERVER-SHADOWING lines) and bounded (not 0: see
+// shadowAnswersBound).
 func TestRealServersSteeredShadowingAddress(t *testing.T) {
 	if !netnstest.Run(t) {
 		return
@@ -87,8 +100,9 @@ func TestRealServersSteeredShadowingAddress(t *testing.T) {
 			if took > shadowRefusalBound {
 				t.Errorf("refused after %v: want within %v (the ready timeout is %v)", took, shadowRefusalBound, shadowReadyTimeout)
 			}
-			if never != 0 || failed != 0 {
-				t.Errorf("%d answers from the refused generation, %d failed requests (%v): want 0 each", never, failed, load.errs)
+			if never > shadowAnswersBound || failed > shadowFailedBound {
+				t.Errorf("%d answers from the refused generation, %d failed requests (%v): want at most %d and %d",
+					never, failed, load.errs, shadowAnswersBound, shadowFailedBound)
 			}
 			st, err := w.status()
 			if err != nil || st.Serving != 1 {

@@ -4,6 +4,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -692,9 +693,40 @@ const coveragePoll = 20 * time.Millisecond
 // waitReadyCovering waits until in is ready and, if old still runs, until
 // in listens on every address old shares with SO_REUSEPORT: a server may
 // bind a port just after READY=1, so this is polled until the deadline.
+// Where the handover is steered, it fails at once with a *ShadowError if
+// in listens on an address that shadows a steered one (shadow.go): from
+// its start, and once more when it is ready.
 func (s *Supervisor) waitReadyCovering(ctx context.Context, in *Instance, deadline time.Time, old *Instance) error {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	if old == nil || s.steer == nil {
+		return s.waitReadyCovered(ctx, in, deadline, old)
+	}
+	ctx, refuse := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if err := s.steer.watchShadowing(ctx, in, old.Gen); err != nil {
+			refuse(err)
+		}
+	}()
+	err := s.waitReadyCovered(ctx, in, deadline, old)
+	if err == nil {
+		// Ready before the watch saw it: look once more.
+		err = s.steer.shadowing(in, old.Gen, map[uint64]bool{})
+	}
+	refuse(nil)
+	<-watched
+	var shadow *ShadowError
+	if cause := context.Cause(ctx); errors.As(cause, &shadow) {
+		return cause
+	}
+	return err
+}
+
+// waitReadyCovered is waitReadyCovering without the watch for shadowing
+// listeners.
+func (s *Supervisor) waitReadyCovered(ctx context.Context, in *Instance, deadline time.Time, old *Instance) error {
 	source, err := s.routeProbes(ctx, in, old)
 	if err != nil {
 		return err
