@@ -65,7 +65,9 @@
 // [ListeningSockets] lists every TCP listening socket of the network
 // namespace, [GroupSize] how many of them share one address, and
 // [HalfOpen] the peers of the connections still in SYN_RECV on an address,
-// with how many times each one's SYN-ACK was retransmitted.
+// with how many times each one's SYN-ACK was retransmitted. [DrainWatch]
+// puts these together into the rule of a handover: when listeners that new
+// connections were steered away from are quiet, and can close losing none.
 //
 // # Steering through placeholders
 //
