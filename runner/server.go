@@ -455,42 +455,14 @@ func (l *listener) steerAway(deadline time.Time, log *slog.Logger) {
 	log.Info("handed over", "addr", l.addr, "pid", os.Getpid(), "duration", time.Since(start))
 }
 
-// retransmitGrace is how long waitQuiet keeps waiting for a half-open
-// connection after it has seen its SYN-ACK retransmitted: one generous round
-// trip, for a client whose first SYN-ACK was lost and that answers the
-// retransmitted one.
-const retransmitGrace = 250 * time.Millisecond
-
-// waitQuiet waits until l's accept queue is empty and none of the
-// connections that were half-open when it started is still waiting, twice
-// in a row (a connection leaves SYN_RECV a moment before it enters the
-// accept queue), or until deadline. Serve keeps accepting meanwhile. It
-// returns what was still waiting at the deadline. A read that fails (the
-// sock_diag dump, the queue's TCP_INFO) makes the listener not quiet: it
-// is logged once and retried at each poll, until the deadline.
-//
-// A half-open connection is waited for until it completes, or until
-// retransmitGrace (250 ms) after waitQuiet first sees that the kernel has
-// retransmitted its SYN-ACK, whichever is first; one already retransmitted
-// when the wait starts gets the same grace. A peer that has not sent the
-// final ACK one retransmission timeout (1 s) after the SYN-ACK is most
-// likely never going to: a port scanner, a spoofed source, a client that
-// vanished. Such request sockets live for about a minute (five
-// retransmissions), there is nearly always one on a host that faces the
-// Internet, and sock_diag does not say which listener of the group holds
-// them (no inode), so waiting for them would hold every drain to its
-// deadline. A real client whose first SYN-ACK was lost answers the
-// retransmitted one a round trip later, within the grace. The cost: a
-// client that answers later still (its final ACK lost too, or a round trip
-// over about 250 ms) is reset when the listener closes, unless tcp_migrate_req=1
-// moves its request to the new instance.
+// waitQuiet waits until l is quiet by the rule of [reuseport.DrainWatch]
+// (its accept queue empty and every connection half-open on its address
+// at the steering completed or given up on, twice in a row), or until
+// deadline. Serve keeps accepting meanwhile. It returns what was still
+// waiting at the deadline. A read that fails (the sock_diag dump through
+// l.halfOpen, the queue's TCP_INFO) makes the listener not quiet: it is
+// logged once and retried at each poll, until the deadline.
 func waitQuiet(l *listener, deadline time.Time, log *slog.Logger) (queued, halfOpen int) {
-	// waiting maps each peer half-open at the start to when its SYN-ACK
-	// was first seen retransmitted (zero: not yet). It is nil until a dump
-	// has worked: while the dumps fail (a netlink hiccup, ENOBUFS), nobody
-	// knows what is half-open, so the listener is not quiet; the wait is
-	// still bounded by the deadline.
-	var waiting map[netip.AddrPort]time.Time
 	failed := map[string]int{} // failures per kind of read
 	fail := func(what string, err error) {
 		failed[what]++
@@ -499,25 +471,6 @@ func waitQuiet(l *listener, deadline time.Time, log *slog.Logger) (queued, halfO
 				"addr", l.addr, "err", err)
 		}
 	}
-	dump := func() map[netip.AddrPort]reuseport.HalfOpenConn {
-		now, err := l.halfOpen(l.addr)
-		if err != nil {
-			fail("list half-open connections", err)
-			return nil
-		}
-		if waiting == nil { // the first dump that works: who is half-open at the steering
-			waiting = map[netip.AddrPort]time.Time{}
-			for peer, c := range now {
-				var retransmitted time.Time
-				if c.Retransmits > 0 {
-					retransmitted = time.Now()
-				}
-				waiting[peer] = retransmitted
-			}
-		}
-		return now
-	}
-	dump()
 	defer func() {
 		if len(failed) > 0 {
 			log.Info("reads of the listener failed during the handover", "addr", l.addr,
@@ -525,54 +478,27 @@ func waitQuiet(l *listener, deadline time.Time, log *slog.Logger) (queued, halfO
 				"failed_queue_reads", failed["read the accept queue"])
 		}
 	}()
-	quiet := 0
-	for quiet < 2 {
+	watch := reuseport.NewDrainWatch([]netip.AddrPort{l.addr}, l.halfOpen)
+	if err := watch.Start(time.Now()); err != nil {
+		fail("list half-open connections", err)
+	}
+	for {
 		if !time.Now().Before(deadline) {
-			return queued, halfOpen
+			return watch.Waiting()
 		}
 		time.Sleep(pollInterval)
-		known := true
-		q, err := reuseport.AcceptQueueLen(l)
+		queued, queueErr := reuseport.AcceptQueueLen(l)
+		if queueErr != nil {
+			fail("read the accept queue", queueErr)
+		}
+		quiet, err := watch.Poll(time.Now(), queued, queueErr)
 		if err != nil {
-			fail("read the accept queue", err)
-			known = false
-		} else {
-			queued = q
+			fail("list half-open connections", err)
 		}
-		halfOpen = 0
-		if waiting == nil || len(waiting) > 0 {
-			now := dump()
-			if now == nil {
-				known = false
-				halfOpen = len(waiting)
-			}
-			for peer, retransmitted := range waiting {
-				if now == nil {
-					break
-				}
-				c, ok := now[peer]
-				switch {
-				case !ok:
-					delete(waiting, peer) // completed (or given up on by the kernel)
-				case c.Retransmits == 0:
-					halfOpen++
-				case retransmitted.IsZero():
-					waiting[peer] = time.Now()
-					halfOpen++
-				case time.Since(retransmitted) < retransmitGrace:
-					halfOpen++
-				default:
-					delete(waiting, peer) // given up on
-				}
-			}
-		}
-		if known && queued == 0 && halfOpen == 0 {
-			quiet++
-		} else {
-			quiet = 0
+		if quiet {
+			return 0, 0
 		}
 	}
-	return 0, 0
 }
 
 // olderGone reports whether every member that was in the group when we
