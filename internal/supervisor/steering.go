@@ -44,11 +44,6 @@ const (
 // and half-open connections.
 const steerPoll = 5 * time.Millisecond
 
-// retransmitGrace is how long the cutover keeps waiting for a connection
-// half-open at the switch once its SYN-ACK was seen retransmitted: one
-// generous round trip (the rule of runner's handover).
-const retransmitGrace = 250 * time.Millisecond
-
 // steering holds the groups of the port the supervisor steers. The loop
 // calls it from its goroutine; a readiness check routes its probes
 // (probeTo) from its own: mu serialises them.
@@ -259,90 +254,46 @@ func (st *steering) closeAllLocked() {
 	}
 }
 
-// waitQuiet returns once the accept queues of old's listeners are empty
-// and none of the connections half-open on their addresses at the
-// cutover is still waiting, twice in a row, or at deadline: runner's rule
-// (a half-open connection is waited for until it completes, or until
-// retransmitGrace after its SYN-ACK is first seen retransmitted). It
-// returns what was still waiting at the deadline.
+// waitQuiet returns once old's listeners are quiet by the rule of
+// [reuseport.DrainWatch] (runner's rule: their accept queues empty and
+// every connection half-open on their addresses at the cutover completed
+// or given up on, twice in a row), or at deadline, or when ctx is done. It
+// returns what was still waiting then. The queues are those of old's
+// sockets only (by inode), several per address where old has several
+// listeners on one; a failed sock_diag dump makes the poll not quiet and
+// is retried at the next.
 func waitQuiet(ctx context.Context, old map[netip.AddrPort][]reuseport.Socket, deadline time.Time) (queued, halfOpen int) {
 	mine := map[uint64]bool{}
-	waiting := map[netip.AddrPort]map[netip.AddrPort]time.Time{}
+	addrs := make([]netip.AddrPort, 0, len(old))
 	for addr, socks := range old {
+		addrs = append(addrs, addr)
 		for _, s := range socks {
 			mine[s.Inode] = true
 		}
-		if now, err := reuseport.HalfOpen(addr); err == nil {
-			w := map[netip.AddrPort]time.Time{}
-			for peer, c := range now {
-				var seen time.Time
-				if c.Retransmits > 0 {
-					seen = time.Now()
-				}
-				w[peer] = seen
-			}
-			waiting[addr] = w
-		}
 	}
-	quiet := 0
-	for quiet < 2 {
+	watch := reuseport.NewDrainWatch(addrs, nil)
+	// A failed dump is not logged: the watch dumps that address again at
+	// each poll, and the cutover's caller logs what is left at the deadline.
+	_ = watch.Start(time.Now())
+	for {
 		if !time.Now().Before(deadline) || ctx.Err() != nil {
-			return queued, halfOpen
+			return watch.Waiting()
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(steerPoll):
 		}
-		known := true
-		queued, halfOpen = 0, 0
-		socks, err := reuseport.ListeningSockets()
-		if err != nil {
-			known = false
-		}
+		inQueues := 0 // over old's sockets
+		socks, queueErr := reuseport.ListeningSockets()
 		for _, s := range socks {
 			if mine[s.Inode] {
-				queued += s.Queue
+				inQueues += s.Queue
 			}
 		}
-		for addr := range old {
-			w, ok := waiting[addr]
-			if !ok {
-				known = false
-				continue
-			}
-			if len(w) == 0 {
-				continue
-			}
-			now, err := reuseport.HalfOpen(addr)
-			if err != nil {
-				known = false
-				halfOpen += len(w)
-				continue
-			}
-			for peer, seen := range w {
-				c, ok := now[peer]
-				switch {
-				case !ok:
-					delete(w, peer) // completed (or given up by the kernel)
-				case c.Retransmits == 0:
-					halfOpen++
-				case seen.IsZero():
-					w[peer] = time.Now()
-					halfOpen++
-				case time.Since(seen) < retransmitGrace:
-					halfOpen++
-				default:
-					delete(w, peer)
-				}
-			}
-		}
-		if known && queued == 0 && halfOpen == 0 {
-			quiet++
-		} else {
-			quiet = 0
+		if quiet, _ := watch.Poll(time.Now(), inQueues, queueErr); quiet {
+			return 0, 0
 		}
 	}
-	return 0, 0
 }
 
 // listenerCount is the number of listeners in byAddr.
