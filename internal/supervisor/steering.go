@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -76,12 +77,7 @@ func listenersOf(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list listening sockets: %w", err)
 	}
-	inodes := map[uint64]bool{}
-	for _, pid := range proc.GroupMembers(in.PGID) {
-		for ino := range proc.SocketInodes(pid) {
-			inodes[ino] = true
-		}
-	}
+	inodes := groupSockets(in.PGID)
 	out := map[netip.AddrPort][]reuseport.Socket{}
 	for _, s := range all {
 		if inodes[s.Inode] && s.Addr.String() != in.HealthAddr {
@@ -89,6 +85,17 @@ func listenersOf(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
 		}
 	}
 	return out, nil
+}
+
+// groupSockets returns the inodes of the sockets that the processes of
+// process group pgid hold: one readlink per descriptor, as many as their
+// connections (a variable: the tests count the reads).
+var groupSockets = func(pgid int) map[uint64]bool {
+	inodes := map[uint64]bool{}
+	for _, pid := range proc.GroupMembers(pgid) {
+		maps.Copy(inodes, proc.SocketInodes(pid))
+	}
+	return inodes
 }
 
 func inodesOf(socks []reuseport.Socket) []uint64 {

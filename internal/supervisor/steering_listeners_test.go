@@ -1,0 +1,153 @@
+//go:build linux
+
+package supervisor
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/changeover-dev/changeover/reuseport"
+)
+
+// holder is a process (sleep) that holds listening sockets, as a server
+// generation does, in a process group of its own or in another's.
+type holder struct {
+	cmd *exec.Cmd
+	in  *Instance
+}
+
+// startHolder starts a process holding lns (closed here once it holds
+// them), in the process group pgid (0: its own), as generation gen.
+func startHolder(t *testing.T, gen, pgid int, lns ...*net.TCPListener) *holder {
+	t.Helper()
+	cmd := exec.Command("sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
+	for _, ln := range lns {
+		f, err := ln.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ln := range lns {
+		cmd.ExtraFiles[i].Close()
+		ln.Close()
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	group := cmd.Process.Pid
+	if pgid != 0 {
+		group = pgid
+	}
+	return &holder{cmd: cmd, in: &Instance{Gen: gen, PID: cmd.Process.Pid, PGID: group}}
+}
+
+func reuseListen(t *testing.T, addr string) *net.TCPListener {
+	t.Helper()
+	ln, err := reuseport.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln.(*net.TCPListener)
+}
+
+// countGroupReads counts, by process group, the reads of a group's
+// descriptors (groupSockets) until the test ends.
+func countGroupReads(t *testing.T) func(pgid int) int {
+	var mu sync.Mutex
+	reads := map[int]int{}
+	real := groupSockets
+	groupSockets = func(pgid int) map[uint64]bool {
+		mu.Lock()
+		reads[pgid]++
+		mu.Unlock()
+		return real(pgid)
+	}
+	t.Cleanup(func() { groupSockets = real })
+	return func(pgid int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return reads[pgid]
+	}
+}
+
+// TestSteeringReadsAGenerationsDescriptorsOnce: a generation's descriptors
+// are as many as its connections (10,000 idle keep-alive connections take
+// tens of milliseconds to read, and every read was on the reload's path:
+// before the start, at the cutover, before the stop signal). The serving
+// generation's listeners are read once and then only checked against a
+// sock_diag dump.
+func TestSteeringReadsAGenerationsDescriptorsOnce(t *testing.T) {
+	reads := countGroupReads(t)
+	ln := reuseListen(t, "127.0.0.1:0")
+	addr := ln.Addr().String()
+	old := startHolder(t, 1, 0, ln)
+	st := newSteering(slog.New(slog.DiscardHandler))
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	defer st.closeAllLocked()
+
+	st.dark(2, old.in)
+	if !st.steered(2) {
+		t.Fatalf("the handover into generation 2 is not steered (path %q)", st.paths[2])
+	}
+	next := startHolder(t, 2, 0, reuseListen(t, addr))
+	oldSocks, ok := st.cutover(next.in, old.in)
+	if !ok {
+		t.Fatal("cutover failed")
+	}
+	if n := listenerCount(oldSocks); n != 1 {
+		t.Errorf("cutover returned %d listeners of the old generation, want 1: %v", n, oldSocks)
+	}
+	st.mu.Unlock() // prepareDepartures locks it
+	st.prepareDepartures(old.in)
+	st.mu.Lock()
+	if n := reads(old.in.PGID); n != 1 {
+		t.Errorf("the old generation's descriptors were read %d times during one handover, want 1", n)
+	}
+	if n := reads(next.in.PGID); n != 1 {
+		t.Errorf("the new generation's descriptors were read %d times, want 1", n)
+	}
+}
+
+// TestSteeringSeesAListenerOpenedAfterTheRead: what the remembered
+// listeners cannot show, a listener that the serving generation opened
+// since they were read, sends the next read to its descriptors: the next
+// handover steers that address too.
+func TestSteeringSeesAListenerOpenedAfterTheRead(t *testing.T) {
+	reads := countGroupReads(t)
+	ln := reuseListen(t, "127.0.0.1:0")
+	old := startHolder(t, 1, 0, ln)
+	st := newSteering(slog.New(slog.DiscardHandler))
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	defer st.closeAllLocked()
+
+	st.dark(2, old.in)
+	if len(st.groups) != 1 {
+		t.Fatalf("steering %d addresses, want 1", len(st.groups))
+	}
+	// Generation 2 failed; generation 1 opens a second listener (another
+	// process of its group) before the next reload.
+	second := reuseListen(t, "127.0.0.1:0")
+	secondAddr := netip.MustParseAddrPort(second.Addr().String())
+	startHolder(t, 1, old.in.PGID, second)
+	st.dark(3, old.in)
+	if _, ok := st.groups[secondAddr]; !ok || len(st.groups) != 2 {
+		t.Errorf("after generation 1 listened on %s too, the handover into 3 steers %d addresses, without it", secondAddr, len(st.groups))
+	}
+	if n := reads(old.in.PGID); n != 2 {
+		t.Errorf("generation 1's descriptors read %d times, want 2 (its new listener is seen only there)", n)
+	}
+}
