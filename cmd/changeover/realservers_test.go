@@ -165,8 +165,11 @@ type answer struct {
 
 // ask sends GET path on a new connection and returns who answered, from
 // the X-Version and X-Pid headers of a 200 response.
-func ask(addr, path string) (answer, error) {
-	resp, err := httpClient.Get("http://" + addr + path)
+func ask(addr, path string) (answer, error) { return askWith(httpClient, addr, path) }
+
+// askWith is ask through client.
+func askWith(client *http.Client, addr, path string) (answer, error) {
+	resp, err := client.Get("http://" + addr + path)
 	if err != nil {
 		return answer{}, err
 	}
@@ -189,27 +192,47 @@ func ask(addr, path string) (answer, error) {
 // request, counting the answers per version and per PID, and the failures.
 type realLoad struct {
 	sent, failed atomic.Int64
-	mu           sync.Mutex
-	byVersion    map[string]int
-	byPID        map[int]int
-	errs         []string
-	stopc        chan struct{}
-	wg           sync.WaitGroup
+	// delayed counts the requests answered after more than delayedAfter
+	// (a SYN dropped and retransmitted), with a patient client only.
+	delayed   atomic.Int64
+	mu        sync.Mutex
+	byVersion map[string]int
+	byPID     map[int]int
+	errs      []string
+	stopc     chan struct{}
+	wg        sync.WaitGroup
 }
 
 // startRealLoad runs clients until stop, for at most 50,000 requests each
 // and at most limit, a millisecond apart.
 func startRealLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
-	return runRealLoad(t, addr, clients, limit, 50000, time.Millisecond)
+	return runRealLoad(t, addr, clients, limit, 50000, time.Millisecond, httpClient)
 }
 
 // startPIDLoad is a saturating realLoad: no pause between requests, at
 // most 200,000 each.
 func startPIDLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
-	return runRealLoad(t, addr, clients, limit, 200000, 0)
+	return runRealLoad(t, addr, clients, limit, 200000, 0, httpClient)
 }
 
-func runRealLoad(t *testing.T, addr string, clients int, limit time.Duration, perClient int, pace time.Duration) *realLoad {
+// patientTimeout is how long a patient client waits for an answer: past
+// the second retransmission of a dropped SYN (1 s, then 2 s more: the
+// kernel's initial RTO, doubled), where httpClient's 2 s end at the first.
+// delayedAfter: an answer later than this came after a retransmitted SYN.
+const (
+	patientTimeout = 10 * time.Second
+	delayedAfter   = 900 * time.Millisecond
+)
+
+// startPatientPIDLoad is startPIDLoad with clients that wait patientTimeout
+// for each answer, counting those answered after delayedAfter as delayed
+// rather than failed.
+func startPatientPIDLoad(t *testing.T, addr string, clients int, limit time.Duration) *realLoad {
+	patient := &http.Client{Timeout: patientTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	return runRealLoad(t, addr, clients, limit, 200000, 0, patient)
+}
+
+func runRealLoad(t *testing.T, addr string, clients int, limit time.Duration, perClient int, pace time.Duration, client *http.Client) *realLoad {
 	l := &realLoad{byVersion: map[string]int{}, byPID: map[int]int{}, stopc: make(chan struct{})}
 	for range clients {
 		l.wg.Add(1)
@@ -223,7 +246,11 @@ func runRealLoad(t *testing.T, addr string, clients int, limit time.Duration, pe
 				default:
 				}
 				l.sent.Add(1)
-				a, err := ask(addr, "/")
+				began := time.Now()
+				a, err := askWith(client, addr, "/")
+				if err == nil && time.Since(began) > delayedAfter {
+					l.delayed.Add(1)
+				}
 				l.mu.Lock()
 				if err != nil {
 					l.failed.Add(1)

@@ -21,16 +21,18 @@ const (
 	shadowReadyTimeout = 20 * time.Second
 )
 
-// What the refused generation costs is not 0: between its listen and its
-// SIGKILL (one poll of the supervisor's watch, its /proc scan, the loop's
-// kill: about 30 to 60 ms of the whole reload here, under -race) the
-// kernel gives it the clients of 127.0.0.1, and the kill resets those it
-// has queued or not answered yet. Measured over 6 runs of each case at the
-// fix: 11 to 76 answers, 0 to 10 failed; before it, about 100,000 answers
-// (20 s) and 1 to 6 failed. The bounds leave room for a loaded machine.
+// What the refused generation costs: between its listen and the
+// supervisor's hold on its address (one poll of the supervisor's watch, its
+// /proc scan, the loop's placeholder: tens of ms of the whole reload here,
+// under -race) the kernel gives it the clients of 127.0.0.1, and it
+// answers them: shadowAnswersBound bounds those answers. No request may
+// fail: it is stopped gracefully once what it queued is served, and the
+// SYNs that reach its address meanwhile are dropped by the hold and
+// retransmitted to generation 1 (a delay of about 1 s, counted apart;
+// shadowDelayedBound leaves room for a loaded machine).
 const (
 	shadowAnswersBound = 400
-	shadowFailedBound  = 40
+	shadowDelayedBound = 200
 )
 
 // TestRealServersSteeredShadowingAddress: nginx serves on a wildcard
@@ -43,8 +45,10 @@ const (
 // dark. The reload must be refused soon (not at the ready deadline), with
 // an error naming both addresses, while generation 1 keeps serving; the
 // requests answered by the refused generation, and those that failed, are
-// counted (REALSERVER-SHADOWING lines) and bounded (not 0: see
-// shadowAnswersBound).
+// counted (REALSERVER-SHADOWING lines): none may fail, and the answers of
+// the refused generation and the delayed requests are bounded (not 0: see
+// shadowAnswersBound). The clients wait patientTimeout for an answer, so a
+// SYN the hold dropped counts as delayed, not failed.
 func TestRealServersSteeredShadowingAddress(t *testing.T) {
 	if !netnstest.Run(t) {
 		return
@@ -71,7 +75,7 @@ func TestRealServersSteeredShadowingAddress(t *testing.T) {
 			g1 := w.waitServing(done, 1)
 			answeredBy(t, w.addr, 10, "v1", g1.PGID)
 
-			load := startPIDLoad(t, w.addr, steeredClients, 60*time.Second)
+			load := startPatientPIDLoad(t, w.addr, steeredClients, 60*time.Second)
 			load.progress(t, 300)
 			w.listen = fmt.Sprintf(tc.shadowing, port)
 			w.setVersion("v2", 2)
@@ -85,10 +89,10 @@ func TestRealServersSteeredShadowingAddress(t *testing.T) {
 			load.mu.Lock()
 			never, v1 := load.byVersion["v2"], load.byVersion["v1"]
 			load.mu.Unlock()
-			failed, sent := load.failed.Load(), load.sent.Load()
+			failed, sent, delayed := load.failed.Load(), load.sent.Load(), load.delayed.Load()
 			msg := strings.TrimSpace(out + stderr)
-			t.Logf("REALSERVER-SHADOWING %s: reload exit %d after %v; %d failed of %d requests (%v); %d answers from the refused generation, %d from generation 1; %q",
-				tc.name, code, took.Round(time.Millisecond), failed, sent, load.errs, never, v1, msg)
+			t.Logf("REALSERVER-SHADOWING %s: reload exit %d after %v; %d failed of %d requests (%v), %d delayed over %v; %d answers from the refused generation, %d from generation 1; %q",
+				tc.name, code, took.Round(time.Millisecond), failed, sent, load.errs, delayed, delayedAfter, never, v1, msg)
 
 			servingAddr, shadowingAddr := fmt.Sprintf(tc.servingAddr, port), fmt.Sprintf(tc.shadowingAddr, port)
 			if code == 0 {
@@ -100,9 +104,12 @@ func TestRealServersSteeredShadowingAddress(t *testing.T) {
 			if took > shadowRefusalBound {
 				t.Errorf("refused after %v: want within %v (the ready timeout is %v)", took, shadowRefusalBound, shadowReadyTimeout)
 			}
-			if never > shadowAnswersBound || failed > shadowFailedBound {
-				t.Errorf("%d answers from the refused generation, %d failed requests (%v): want at most %d and %d",
-					never, failed, load.errs, shadowAnswersBound, shadowFailedBound)
+			if failed > 0 {
+				t.Errorf("%d failed requests (%v): want none", failed, load.errs)
+			}
+			if never > shadowAnswersBound || delayed > shadowDelayedBound {
+				t.Errorf("%d answers from the refused generation, %d delayed requests: want at most %d and %d",
+					never, delayed, shadowAnswersBound, shadowDelayedBound)
 			}
 			st, err := w.status()
 			if err != nil || st.Serving != 1 {
