@@ -91,6 +91,12 @@
 //     members, old ones included. So before the old generation is stopped,
 //     as many placeholders as it has members are appended: every departure,
 //     in any order, then moves a placeholder, and the new slots never move.
+//   - Hold: every new connection goes to a placeholder, whose full queue
+//     drops the SYN (the client retransmits it a second later), and one
+//     placeholder per member is appended: the members get nothing new while
+//     they stop; Close then leaves the address without a listener, and the
+//     retransmitted SYNs go to the listener the kernel finds next (a wider
+//     address's group, for a group that shadowed it).
 //   - Compact: placeholders are closed afterwards, the program first
 //     leaving out any slot a close would vacate; Close closes them all when
 //     nothing serves, so that clients are refused rather than queued.

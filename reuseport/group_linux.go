@@ -105,6 +105,42 @@ func (g *Group) Dark(serving []uint64) error {
 	return g.apply(nil)
 }
 
+// Hold steers every new connection of the group to a placeholder of its
+// own, whose full queue drops the SYN: the client retransmits it about a
+// second later, and the group's members (members: its listeners now, as
+// [Inode] or [ListeningSockets] give them) get nothing new. Call it on a
+// group this Group does not steer yet. It is [Group.Dark] on members (the
+// first placeholder joins, plugged while everything still goes to them; a
+// refusal by the kernel is a [*PlaceholderError]), [Group.Cutover] to that
+// placeholder, and [Group.PrepareDepartures] for every other member, so
+// that they leave in any order without moving the slot the program
+// targets.
+//
+// The supervisor holds the address of a generation it refused (one whose
+// address shadows a steered one) while that generation serves what it has
+// queued and stops; [Group.Close] ends the hold: with no member left, the
+// address has no listener, and the retransmitted SYNs go to whichever
+// listener the kernel finds next.
+func (g *Group) Hold(members []uint64) error {
+	if len(g.phs) > 0 {
+		return fmt.Errorf("reuseport: Hold %s: the group is already steered (%d placeholders)", g.addr, len(g.phs))
+	}
+	if err := g.Dark(members); err != nil {
+		return err
+	}
+	h := g.handle()
+	if err := g.Cutover([]uint64{h.ino}); err != nil {
+		return err
+	}
+	n := 0
+	for m := range g.where {
+		if g.phs[m] == nil {
+			n++
+		}
+	}
+	return g.PrepareDepartures(n)
+}
+
 // ProbeTo routes the connections from GroupOptions.Probe to members (the
 // new generation, dark for everyone else); nil routes them with everyone's.
 func (g *Group) ProbeTo(members []uint64) error {

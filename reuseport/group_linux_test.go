@@ -4,6 +4,7 @@ package reuseport
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -475,5 +476,90 @@ func TestGroupOtherUID(t *testing.T) {
 	}
 	if g.Placeholders() != 0 {
 		t.Errorf("%d placeholders after the refusal", g.Placeholders())
+	}
+}
+
+// TestGroupHold: a group on an address that shadows a wider one (127.0.0.1
+// beside 0.0.0.0, tcp4 0.0.0.0 beside a dual-stack [::]) is held: its
+// members get no new connection, the SYNs are dropped by the placeholder
+// (not queued, not reset), also after a member left, and once the members
+// and the placeholders are gone the retransmitted SYNs reach the wider
+// listener.
+func TestGroupHold(t *testing.T) {
+	for _, tc := range []struct{ wideNet, wide, narrow string }{
+		{"tcp4", "0.0.0.0", "127.0.0.1"},
+		{"tcp", "[::]", "0.0.0.0"},
+	} {
+		t.Run(tc.narrow+" beside "+tc.wide, func(t *testing.T) {
+			wl, err := Listen(context.Background(), tc.wideNet, tc.wide+":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { wl.Close() })
+			w := wl.(*net.TCPListener)
+			port := w.Addr().(*net.TCPAddr).Port
+			narrow := netip.AddrPortFrom(netip.MustParseAddr(tc.narrow), uint16(port))
+			var members []*net.TCPListener
+			for range 2 {
+				l, err := Listen(context.Background(), "tcp4", narrow.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { l.Close() })
+				members = append(members, l.(*net.TCPListener))
+			}
+			dial := fmt.Sprintf("127.0.0.1:%d", port)
+			g := NewGroup(narrow, GroupOptions{})
+			t.Cleanup(func() { g.Close() })
+			if err := g.Hold(inodes(t, members)); err != nil {
+				t.Fatal(err)
+			}
+			if n := g.Placeholders(); n != 3 {
+				t.Fatalf("%d placeholders, want 3 (the hold, and one per member to leave)", n)
+			}
+			held := func(what string) chan error {
+				t.Helper()
+				drops := listenDrops(t)
+				errc := make(chan error, 1)
+				go func() {
+					c, err := net.DialTimeout("tcp", dial, 10*time.Second)
+					if err == nil {
+						c.Close()
+					}
+					errc <- err
+				}()
+				for deadline := time.Now().Add(time.Second); listenDrops(t) == drops && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				}
+				for i, l := range members {
+					if q, err := AcceptQueueLen(l); err == nil && q != 0 {
+						t.Fatalf("%s: %d connections queued on member %d, want none (held)", what, q, i)
+					}
+				}
+				select {
+				case err := <-errc:
+					t.Fatalf("%s: the client's connect ended (%v) while the address is held, want its SYN dropped", what, err)
+				default:
+				}
+				return errc
+			}
+			first := held("held")
+			members[0].Close() // a member leaves: a placeholder moves into its slot, not the held one
+			if err := g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			second := held("held, a member gone")
+			members[1].Close()
+			if err := g.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for _, errc := range []chan error{first, second} {
+				if err := <-errc; err != nil {
+					t.Fatalf("a client held by the group: %v, want it connected to %s after a retransmitted SYN", err, w.Addr())
+				}
+			}
+			if q, _ := AcceptQueueLen(w); q != 2 {
+				t.Fatalf("%s holds %d connections, want the 2 that were held", w.Addr(), q)
+			}
+		})
 	}
 }

@@ -13,6 +13,9 @@ func NewGroup(addr netip.AddrPort, opts GroupOptions) *Group { return &Group{} }
 // Dark is Linux-only.
 func (g *Group) Dark(serving []uint64) error { return notSupported("Group.Dark") }
 
+// Hold is Linux-only.
+func (g *Group) Hold(members []uint64) error { return notSupported("Group.Hold") }
+
 // ProbeTo is Linux-only.
 func (g *Group) ProbeTo(members []uint64) error { return notSupported("Group.ProbeTo") }
 
