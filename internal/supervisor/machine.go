@@ -58,10 +58,12 @@ const (
 	EvGroupEmpty                     // no process is left in Gen's process group
 	EvTimer                          // Timer fired
 	EvCutOver                        // Gen's listeners get no new connection and are quiet (steering: machine_steering.go)
+	EvShadowing                      // Gen, starting, listens on an address that shadows a steered one (Err: the *ShadowError)
+	EvHoldFailed                     // Gen's shadowing addresses could not be held (Err)
 )
 
 var eventNames = [...]string{"start", "reload", "stop", "hurry", "checked", "started", "ready", "exited",
-	"listeners-gone", "group-empty", "timer", "cut-over"}
+	"listeners-gone", "group-empty", "timer", "cut-over", "shadowing", "hold-failed"}
 
 func (k EventKind) String() string { return eventNames[k] }
 
@@ -140,10 +142,12 @@ const (
 	ActCutover                     // steering: new connections go to Gen's listeners; report EvCutOver for Old once its are quiet, by At
 	ActCompact                     // steering: the old generation's listeners are gone; close the placeholders no longer needed
 	ActUnsteer                     // steering: nothing serves; close every placeholder (clients are refused, not queued)
+	ActHold                        // steering: Gen's shadowing addresses drop new connections; report EvCutOver for Gen once its listeners there are quiet, by At (EvHoldFailed if they cannot be held)
+	ActRelease                     // steering: close the placeholders that hold Gen's shadowing addresses
 )
 
 var actionNames = [...]string{"checks", "start", "promote", "stop", "kill", "cancel", "watch", "timer",
-	"answer", "notify", "save", "log", "exit", "dark", "cutover", "compact", "unsteer"}
+	"answer", "notify", "save", "log", "exit", "dark", "cutover", "compact", "unsteer", "hold", "release"}
 
 func (k ActionKind) String() string { return actionNames[k] }
 

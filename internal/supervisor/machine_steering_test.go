@@ -3,6 +3,7 @@
 package supervisor
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,6 +66,71 @@ var steeredRows = []struct {
 			{ev: checked(2, nil), want: ""},
 			{ev: empty(1), want: "start 2", phase: phaseWaitingReady},
 		})},
+}
+
+// refused2 continues serving1 (steered) with a reload whose generation 2
+// listens on an address that shadows the steered one: it is refused, and
+// held rather than killed.
+var refused2 = []step{
+	{ev: reload(w1), want: "checks 2"},
+	{ev: checked(2, nil), want: "dark 2; start 2"},
+	{ev: started(2), want: ""},
+	{ev: shadowing(2), want: "hold 2; timer cutover/2; watch 2", phase: phaseWaitingReady},
+}
+
+// shadowRows: a generation refused for a shadowing address (shadow.go)
+// loses nothing it accepted: the supervisor holds its address (new SYNs
+// dropped there, retransmitted a second later), stops it once what it
+// queued is served, and ends the hold once its listeners are gone.
+var shadowRows = []struct {
+	name  string
+	steps []step
+}{
+	{"held, stopped once quiet, released once its listeners are gone; the reload fails once its group is empty",
+		seq(serving1, refused2, []step{
+			{ev: cutOver(2), want: "stop 2; timer drain/2", phase: phaseWaitingReady},
+			{ev: gone(2), want: "release 2"},
+			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
+		})},
+	{"the address cannot be held (a placeholder refused): killed, as any generation that is not ready",
+		seq(serving1, refused2, []step{
+			{ev: holdFailed(2), want: "release 2; kill 2; timer kill-grace/2"},
+			{ev: cutOver(2), want: ""},
+			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
+		})},
+	{"never quiet: the stop signal at the cutover deadline, SIGKILL at the drain deadline",
+		seq(serving1, refused2, []step{
+			{ev: fire(TimerCutover, 2), after: 30 * time.Second, want: "stop 2; timer drain/2"},
+			{ev: fire(TimerDrain, 2), after: 30 * time.Second, want: "kill 2; timer kill-grace/2"},
+			{ev: empty(2), want: "release 2; answer 2 not-ready", phase: phaseServing},
+		})},
+	{"it exits by itself while held: released, the reload fails",
+		seq(serving1, refused2, []step{
+			{ev: exitedEv(2), want: ""},
+			{ev: empty(2), want: "release 2; answer 2 not-ready", phase: phaseServing},
+			{ev: cutOver(2), want: ""},
+		})},
+	{"a stop while held: its stop signal goes at once, with the serving one's",
+		seq(serving1, refused2, []step{
+			{ev: stop(), want: "answer 2 not-ready; unsteer; stop 2; timer drain/2; stop 1; timer drain/1; watch 1", phase: phaseStopping},
+			{ev: gone(2), want: "release 2"},
+		})},
+	{"a shadowing generation on the kernel path (not steered): killed",
+		seq(serving1, []step{
+			{ev: reload(w1), want: "checks 2"},
+			{ev: checked(2, nil), want: "start 2"},
+			{ev: started(2), want: ""},
+			{ev: shadowing(2), want: "kill 2; timer kill-grace/2; watch 2"},
+			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
+		})},
+}
+
+func TestMachineShadowRefused(t *testing.T) {
+	for _, row := range shadowRows {
+		cfg := testConfig
+		cfg.Steered = !strings.Contains(row.name, "kernel path")
+		t.Run(row.name, func(t *testing.T) { runRow(t, cfg, row.steps) })
+	}
 }
 
 func TestMachineSteered(t *testing.T) {

@@ -68,6 +68,12 @@ func gone(n int) Event              { return Event{Kind: EvListenersGone, Gen: n
 func empty(n int) Event             { return Event{Kind: EvGroupEmpty, Gen: n} }
 func fire(k TimerKind, n int) Event { return Event{Kind: EvTimer, Timer: TimerID{k, n}} }
 func cutOver(n int) Event           { return Event{Kind: EvCutOver, Gen: n} }
+func shadowing(n int) Event {
+	return Event{Kind: EvShadowing, Gen: n, Err: &ShadowError{Gen: n, PID: 100 + n, ServingGen: 1}}
+}
+func holdFailed(n int) Event {
+	return Event{Kind: EvHoldFailed, Gen: n, Err: errors.New("reuseport: cannot open a placeholder member")}
+}
 
 // serving1 brings a machine to generation 1 serving.
 var serving1 = []step{
