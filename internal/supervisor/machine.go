@@ -264,6 +264,7 @@ type gen struct {
 	deadline  time.Time // drain deadline (stDraining)
 	stopped   time.Time // when its stop signal was decided (stDraining)
 	cutover   bool      // its stop signal waits for EvCutOver (machine_steering.go)
+	held      bool      // refused for a shadowing address: held (ActHold) until ActRelease
 	status    string    // how its main process ended
 }
 
@@ -343,6 +344,7 @@ func (m *machine) Step(ev Event) []Action {
 	case EvListenersGone:
 		if g := m.gen(ev.Gen); g != nil {
 			g.listening = false
+			m.release(g)
 			m.handedOver(ev.Now, g)
 		}
 	case EvGroupEmpty:
@@ -434,6 +436,10 @@ func (m *machine) stepRunning(ev Event) {
 		m.timer(ev)
 	case EvCutOver:
 		m.cutOver(ev)
+	case EvShadowing:
+		m.refuseShadowing(ev)
+	case EvHoldFailed:
+		m.holdFailed(ev)
 	}
 }
 
@@ -459,7 +465,10 @@ func (m *machine) stepStopping(ev Event) {
 		m.timer(ev)
 	case EvCutOver:
 		m.cutOver(ev)
-	case EvStart, EvStopAsked:
+	case EvHoldFailed:
+		m.holdFailed(ev)
+	case EvStart, EvStopAsked, EvShadowing:
+		// A deploy is never left waiting for ready while stopping.
 	}
 }
 
@@ -897,6 +906,7 @@ func (m *machine) groupEmpty(ev Event) {
 		return
 	}
 	g.empty, g.listening = true, false
+	m.release(g)
 	if g == m.serving && !g.exited {
 		// Not seen exiting first (an adopted instance, or a kill grace
 		// that ran out): a crash all the same.

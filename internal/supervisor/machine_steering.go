@@ -25,6 +25,19 @@ import (
 //     (ActUnsteer): clients are refused rather than queued on a member
 //     that never accepts.
 //
+//   - A new generation that listens on an address shadowing a steered one
+//     (EvShadowing, shadow.go) fails as one that is not ready, but is not
+//     killed: the kill would reset what it accepted and queued. Its
+//     shadowing addresses are held (ActHold: their new connections go to a
+//     placeholder of the supervisor, whose full queue drops the SYN; the
+//     client retransmits it a second later), it gets its stop signal once
+//     its listeners there are quiet (EvCutOver, as an old generation's
+//     after a cutover; at the drain timeout at the latest), and the hold
+//     ends once its listeners are gone (ActRelease): the retransmitted SYNs
+//     then reach the steered address. The reload is answered once its
+//     group is empty. Where the address cannot be held (EvHoldFailed), it
+//     is killed, as before.
+//
 // Where the placeholders cannot join (another uid), the loop falls back
 // to the kernel path for that handover and reports EvCutOver at once: the
 // machine decides the same, the order of the signals stays.
@@ -80,5 +93,57 @@ func (m *machine) retirePending(now time.Time) {
 func (m *machine) unsteer() {
 	if m.cfg.Steered {
 		m.emit(Action{Kind: ActUnsteer})
+	}
+}
+
+// refuseShadowing handles EvShadowing: the starting generation listens on
+// an address that shadows a steered one. Its deploy fails (answered once
+// its group is empty); the generation is held and drains as an old one
+// after a cutover, its stop signal pending until EvCutOver. Not steered,
+// it is killed as any generation that is not ready.
+func (m *machine) refuseShadowing(ev Event) {
+	d := m.current(ev.Gen, dWaitReady)
+	if d == nil {
+		return
+	}
+	g := m.gen(d.gen)
+	if !m.cfg.Steered || g.exited {
+		m.failDeploy(ev.Now, ev.Err)
+		return
+	}
+	m.log(slog.LevelError, "generation refused; previous keeps serving; it is stopped once what it accepted is served",
+		KeyGeneration, d.gen, KeyError, ev.Err, KeyDuration, ev.Now.Sub(d.began).Round(time.Millisecond))
+	g.stage, g.cutover, g.held = stDraining, true, true
+	g.stopped = ev.Now
+	g.deadline = ev.Now.Add(m.cfg.DrainTimeout) // the bound of the quiet wait, as for a cutover
+	m.emit(Action{Kind: ActHold, Gen: g.n, At: g.deadline})
+	m.emit(Action{Kind: ActSave}) // draining with its stop pending: an adopting supervisor sends it
+	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerCutover, g.n}, At: g.deadline})
+	m.watch(g)
+	d.stage, d.err = dFailing, ev.Err
+}
+
+// holdFailed handles EvHoldFailed: the refused generation's addresses
+// could not be held, so it is killed, unless its stop signal went already.
+func (m *machine) holdFailed(ev Event) {
+	g := m.gen(ev.Gen)
+	if g == nil || !g.held {
+		return
+	}
+	m.release(g)
+	if !g.cutover || g.empty {
+		return
+	}
+	g.cutover = false
+	g.stage = stFailed
+	m.log(slog.LevelWarn, "cannot hold the refused generation's address: SIGKILL of its process group", KeyGeneration, g.n, KeyError, ev.Err)
+	m.kill(ev.Now, g)
+}
+
+// release ends the hold on g's shadowing addresses, if there is one.
+func (m *machine) release(g *gen) {
+	if g.held {
+		g.held = false
+		m.emit(Action{Kind: ActRelease, Gen: g.n})
 	}
 }

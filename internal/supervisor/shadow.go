@@ -20,18 +20,28 @@ import (
 // kernel picks it before the steering program of the steered group runs,
 // so the generation takes those clients while it starts, dark or not. Its
 // start is refused as soon as such a listener of its process group is
-// seen, as a readiness failure; the machine then fails the generation as
-// any other that is not ready (its group is SIGKILLed).
+// seen (EvShadowing, with a *ShadowError).
 //
-// Why not steer the shadowing group too (a placeholder of the supervisor
-// in it, a program sending everything there, relayed to the old
-// generation): the connections queued on the new generation's listeners
-// before the program is attached are still lost when it stops, the relay
-// would have to reach the old generation through an address that the
-// shadowing group does not take, and the placeholder would then be a
-// listener on the new address itself, whose queue is reset when it closes.
-// It would move the loss, not remove it; the refusal keeps the window to
-// one poll (shadowPoll) after the listen.
+// It is not killed: that would reset what it accepted and what its
+// queues hold. The machine has its shadowing addresses held instead
+// (ActHold, hold below): a placeholder of the supervisor joins each of its
+// groups there and the group sends it every new connection
+// (reuseport.Group.Hold), whose SYN its full queue drops; the client
+// retransmits it about a second later. The generation serves what it
+// queued; once its listeners there are quiet (waitQuiet, the rule of a
+// cutover) it gets its stop signal, and once its listeners are gone the
+// hold's placeholders close (ActRelease): the address has no listener
+// left, and the retransmitted SYNs reach the steered address's group. The
+// cost is the answers it gave in the window between its listen and the
+// hold (about one poll, shadowPoll, and the hold's own setup), and a delay
+// of about a second for the clients that came during the hold. Where a
+// placeholder cannot join (another uid), it is killed as before
+// (EvHoldFailed).
+//
+// Why not steer the shadowing group to the old generation instead (a
+// relay from the placeholder): the relay would have to reach the old
+// generation through an address that the shadowing group does not take,
+// and the servers would see the relay's address.
 
 // shadowPoll is how often a steered generation's start is looked at for a
 // listener that shadows a steered address: one sock_diag dump of the
@@ -132,4 +142,91 @@ func (st *steering) watchShadowing(ctx context.Context, in *Instance, serving in
 		case <-time.After(shadowPoll):
 		}
 	}
+}
+
+// hold holds in's listening addresses that shadow a steered one: each
+// group there sends its new connections to a placeholder of the supervisor
+// (reuseport.Group.Hold). It returns in's listeners on those addresses,
+// for the quiet wait. The groups are kept in st.holds until release.
+func (st *steering) hold(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
+	byAddr, err := st.listenersOf(in)
+	if err != nil {
+		return nil, fmt.Errorf("generation %d's listeners: %w", in.Gen, err)
+	}
+	var steered []reuseport.Socket
+	all, err := reuseport.ListeningSockets()
+	if err != nil {
+		return nil, fmt.Errorf("list listening sockets: %w", err)
+	}
+	for _, s := range all {
+		if st.groups[s.Addr] != nil {
+			steered = append(steered, s)
+		}
+	}
+	held := map[netip.AddrPort][]reuseport.Socket{}
+	groups := map[netip.AddrPort]*reuseport.Group{}
+	st.holds[in.Gen] = groups
+	for addr, socks := range byAddr {
+		if !slices.ContainsFunc(steered, socks[0].Shadows) {
+			continue
+		}
+		g := reuseport.NewGroup(addr, reuseport.GroupOptions{Logger: st.log})
+		groups[addr] = g
+		if err := g.Hold(inodesOf(socks)); err != nil {
+			return nil, fmt.Errorf("hold %s: %w", addr, err)
+		}
+		held[addr] = socks
+	}
+	if len(held) == 0 {
+		return nil, fmt.Errorf("generation %d has no listener that shadows a steered address any more", in.Gen)
+	}
+	return held, nil
+}
+
+// release closes the placeholders that hold gen's addresses; it returns
+// how many addresses were held.
+func (st *steering) release(gen int) int {
+	n := len(st.holds[gen])
+	for addr, g := range st.holds[gen] {
+		if err := g.Close(); err != nil {
+			st.log.Warn("cannot close the placeholders of a hold", KeyGeneration, gen, "addr", addr, KeyError, err)
+		}
+	}
+	delete(st.holds, gen)
+	return n
+}
+
+// performHold does ActHold: hold in's shadowing addresses, then report
+// EvCutOver for it once its listeners there are quiet (by a.At), or
+// EvHoldFailed at once. Called with st.mu held.
+func (l *runLoop) performHold(a Action) {
+	s := l.s
+	in := l.insts[a.Gen]
+	if in == nil {
+		s.post(Event{Kind: EvHoldFailed, Gen: a.Gen, Err: fmt.Errorf("generation %d is not known", a.Gen)})
+		return
+	}
+	held, err := l.steer.hold(in)
+	if err != nil {
+		s.log.Warn("cannot hold the refused generation's address; it is killed", KeyGeneration, a.Gen, KeyError, err)
+		s.post(Event{Kind: EvHoldFailed, Gen: a.Gen, Err: err})
+		return
+	}
+	addrs := make([]string, 0, len(held))
+	for addr := range held {
+		addrs = append(addrs, addr.String())
+	}
+	slices.Sort(addrs)
+	s.log.Info("refused generation's address held: its new connections are dropped and retransmitted; it is stopped once what it queued is served",
+		KeyGeneration, a.Gen, "addrs", addrs, "listeners", listenerCount(held))
+	l.goPost(func() Event {
+		start := time.Now()
+		queued, halfOpen := waitQuiet(l.ctx, held, a.At)
+		if queued+halfOpen > 0 {
+			s.log.Warn("the refused generation's listeners were not quiet by the deadline", KeyGeneration, a.Gen,
+				"queued", queued, "half_open", halfOpen)
+		}
+		s.log.Info("refused generation's listeners quiet", KeyGeneration, a.Gen, KeyDuration, time.Since(start).Round(time.Millisecond))
+		return Event{Kind: EvCutOver, Gen: a.Gen}
+	})
 }

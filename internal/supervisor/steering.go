@@ -56,6 +56,9 @@ type steering struct {
 	groups map[netip.AddrPort]*reuseport.Group
 	paths  map[int]string // generation -> the path of the handover into it
 	reads  map[*Instance]listenerRead
+	// holds: the groups that hold a refused generation's shadowing
+	// addresses (shadow.go), by generation, until ActRelease.
+	holds map[int]map[netip.AddrPort]*reuseport.Group
 }
 
 // listenerRead is what one read of a generation's descriptors found: the
@@ -70,7 +73,7 @@ func newSteering(log *slog.Logger) *steering {
 	// own connections come from): connections from it are the probes.
 	probe := netip.AddrFrom4([4]byte{127, byte(rand.IntN(254) + 1), byte(rand.IntN(256)), byte(rand.IntN(254) + 1)})
 	return &steering{log: log, probe: probe, groups: map[netip.AddrPort]*reuseport.Group{}, paths: map[int]string{},
-		reads: map[*Instance]listenerRead{}}
+		reads: map[*Instance]listenerRead{}, holds: map[int]map[netip.AddrPort]*reuseport.Group{}}
 }
 
 // path returns the path of the handover into gen ("" if none yet).
@@ -318,11 +321,14 @@ func (st *steering) closeGroup(addr netip.AddrPort, g *reuseport.Group) {
 	delete(st.groups, addr)
 }
 
-// closeAll closes every placeholder.
+// closeAll closes every placeholder, the holds' too.
 func (st *steering) closeAll() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.closeAllLocked()
+	for gen := range st.holds {
+		st.release(gen)
+	}
 }
 
 func (st *steering) closeAllLocked() {
@@ -433,6 +439,12 @@ func (l *runLoop) performSteering(a Action) {
 		l.steer.compact()
 	case ActUnsteer:
 		l.steer.closeAllLocked()
+	case ActHold:
+		l.performHold(a)
+	case ActRelease:
+		if n := l.steer.release(a.Gen); n > 0 {
+			s.log.Info("hold released: the refused generation's listeners are gone", KeyGeneration, a.Gen, "addrs", n)
+		}
 	}
 }
 

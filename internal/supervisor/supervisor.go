@@ -447,7 +447,11 @@ func (l *runLoop) perform(a Action) {
 		l.watchExit(in)
 		old := l.insts[a.Old]
 		l.goPost(func() Event {
-			return Event{Kind: EvReady, Gen: a.Gen, Err: s.os.waitReady(l.ctx, in, a.At, old)}
+			err := s.os.waitReady(l.ctx, in, a.At, old)
+			if shadow := (*ShadowError)(nil); errors.As(err, &shadow) {
+				return Event{Kind: EvShadowing, Gen: a.Gen, Err: err}
+			}
+			return Event{Kind: EvReady, Gen: a.Gen, Err: err}
 		})
 	case ActPromote:
 		s.log.Info("generation ready", KeyGeneration, a.Gen, KeyPID, in.PID, KeyDuration, time.Since(in.Started).Round(time.Millisecond))
@@ -500,7 +504,7 @@ func (l *runLoop) perform(a Action) {
 		s.cfg.SDNotify(text)
 	case ActSave:
 		s.os.save(l.stateFile())
-	case ActDark, ActCutover, ActCompact, ActUnsteer:
+	case ActDark, ActCutover, ActCompact, ActUnsteer, ActHold, ActRelease:
 		l.performSteering(a)
 	case ActLog:
 		if a.Gen != 0 && in != nil {
