@@ -208,8 +208,7 @@ func (l *runLoop) performHold(a Action) {
 	}
 	held, err := l.steer.hold(in)
 	if err != nil {
-		s.log.Warn("cannot hold the refused generation's address; it is killed", KeyGeneration, a.Gen, KeyError, err)
-		s.post(Event{Kind: EvHoldFailed, Gen: a.Gen, Err: err})
+		s.post(Event{Kind: EvHoldFailed, Gen: a.Gen, Err: err}) // the machine logs it
 		return
 	}
 	addrs := make([]string, 0, len(held))
