@@ -40,7 +40,7 @@ var matrixSetups = []struct {
 		{ev: reload(w1), want: "checks 2"},
 		{ev: checked(2, nil), want: "dark 2; start 2"},
 		{ev: started(2), want: ""},
-		{ev: ready(2), want: "promote 2; cutover 2; timer cutover/1; watch 1"},
+		{ev: ready(2), want: "promote 2; cutover 2; timer cutover/1"},
 	}), 99, 2, 1},
 	{phaseDraining, serving2draining1, 99, 2, 1},
 	{phaseServing, serving1, 99, 1, 99},
