@@ -57,7 +57,9 @@ func (m *machine) cutover(now time.Time, g, old *gen) {
 	m.emit(Action{Kind: ActCutover, Gen: g.n, Old: old.n, At: old.deadline})
 	m.emit(Action{Kind: ActSave}) // with its stop pending: an adopting supervisor sends it
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerCutover, old.n}, At: old.deadline})
-	m.watch(old)
+	// Its listeners are watched from its stop signal (retire): they do
+	// not close before it, and the loop's watch needs the sockets known
+	// at the stop to look for them cheaply.
 	m.handedOver(now, old)
 }
 

@@ -49,19 +49,19 @@ var steeredRows = []struct {
 		})},
 	{"a stop during the cutover stops both at once, the placeholders closed first",
 		seq(serving1, steeredReady2, []step{
-			{ev: stop(), want: "answer 2 ok; unsteer; stop 1; timer drain/1; stop 2; timer drain/2; watch 2", phase: phaseStopping},
+			{ev: stop(), want: "answer 2 ok; unsteer; stop 1; timer drain/1; watch 1; stop 2; timer drain/2; watch 2", phase: phaseStopping},
 			{ev: cutOver(1), want: "", phase: phaseStopping},
 		})},
 	{"review 3: a cutover never reported quiet is bounded: the stop signal goes at its deadline, and the drain counts from the signal",
 		seq(serving1, steeredReady2, []step{
 			{ev: fire(TimerCutover, 1), after: 29 * time.Second, want: ""},
-			{ev: fire(TimerCutover, 1), after: time.Second, want: "stop 1; timer drain/1", phase: phaseHandingOver},
+			{ev: fire(TimerCutover, 1), after: time.Second, want: "stop 1; timer drain/1; watch 1", phase: phaseHandingOver},
 			{ev: fire(TimerDrain, 1), after: 29 * time.Second, want: ""},
 			{ev: fire(TimerDrain, 1), after: time.Second, want: "kill 1; timer kill-grace/1"},
 		})},
 	{"the drain deadline counts from the stop signal at EvCutOver (CHANGEOVER_DRAIN_TIMEOUT, as runner cuts its requests)",
 		seq(serving1, steeredReady2, []step{
-			{ev: cutOver(1), after: 2 * time.Second, want: "stop 1; timer drain/1"},
+			{ev: cutOver(1), after: 2 * time.Second, want: "stop 1; timer drain/1; watch 1"},
 			{ev: fire(TimerCutover, 1), after: 28 * time.Second, want: ""},
 			{ev: fire(TimerDrain, 1), after: 2 * time.Second, want: "kill 1; timer kill-grace/1"},
 		})},
