@@ -93,6 +93,16 @@ func (in *Instance) sharedAtStop() map[uint64]bool {
 	return in.stopShared
 }
 
+// noteSharedAtStop gives its stop's watch the listeners to look for
+// (steering's read of them) where listenersAtStop had no fresh snapshot.
+func (in *Instance) noteSharedAtStop(inodes map[uint64]bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.stopShared == nil && len(inodes) > 0 {
+		in.stopShared = inodes
+	}
+}
+
 // snapshot returns the fresh snapshot of its group, if there is one.
 func (in *Instance) snapshot(now time.Time) (inodes map[uint64]bool, members []int, ok bool) {
 	in.mu.Lock()

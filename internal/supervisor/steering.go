@@ -281,25 +281,32 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 
 // prepareDepartures appends, to each group, as many placeholders as old
 // has listeners in it, before old's stop signal: its listeners then leave
-// in any order without moving the new generation's slots.
-func (st *steering) prepareDepartures(old *Instance) {
+// in any order without moving the new generation's slots. It returns the
+// inodes of those listeners (nil if nothing is steered or they cannot be
+// read): the stop's watch looks for them in the sock_diag dump.
+func (st *steering) prepareDepartures(old *Instance) map[uint64]bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if len(st.groups) == 0 {
-		return
+		return nil
 	}
 	byAddr, err := st.listenersOf(old)
 	if err != nil {
 		st.log.Warn("cannot read the stopping generation's listeners; placeholders not added", KeyGeneration, old.Gen, KeyError, err)
-		return
+		return nil
 	}
+	steered := map[uint64]bool{}
 	for addr, g := range st.groups {
 		if n := len(byAddr[addr]); n > 0 {
+			for _, s := range byAddr[addr] {
+				steered[s.Inode] = true
+			}
 			if err := g.PrepareDepartures(n); err != nil {
 				st.log.Warn("cannot add placeholders before a stop signal", KeyGeneration, old.Gen, "addr", addr, KeyError, err)
 			}
 		}
 	}
+	return steered
 }
 
 // compact closes the placeholders no longer needed once the old

@@ -461,7 +461,9 @@ func (l *runLoop) perform(a Action) {
 		if in.PGID > 0 && !in.Adopted {
 			sockets = in.listenersAtStop(s.now())
 		}
-		l.steer.prepareDepartures(in)
+		if steered := l.steer.prepareDepartures(in); steered != nil {
+			in.noteSharedAtStop(steered)
+		}
 		if err := s.os.stop(in); err != nil {
 			s.log.Warn("cannot send the stop signal", KeyGeneration, a.Gen, KeyError, err)
 		}
