@@ -744,7 +744,7 @@ func (s *Supervisor) waitReadyCovered(ctx context.Context, in *Instance, deadlin
 		return nil
 	}
 	for {
-		err := checkCoverage(in, old)
+		err := s.checkCoverage(in, old)
 		if err == nil {
 			return nil
 		}
@@ -843,7 +843,7 @@ func sharedListenAddrs(in *Instance) ([]netip.AddrPort, error) {
 // group does not cover. Otherwise the old group's shared listeners are the
 // sockets on the addresses the new group covers, other than the new
 // group's own.
-func checkCoverage(in, old *Instance) error {
+func (s *Supervisor) checkCoverage(in, old *Instance) error {
 	all, err := proc.ListeningSockets()
 	if err != nil {
 		return nil
@@ -880,7 +880,11 @@ func checkCoverage(in, old *Instance) error {
 	}
 	inodes, shared := map[uint64]bool{}, map[uint64]bool{}
 	var oldAddrs []netip.AddrPort
-	for _, l := range proc.HeldBy(members[old.PGID], all) {
+	held := groupSockets(old.PGID)
+	for _, l := range all {
+		if !held[l.Inode] {
+			continue
+		}
 		inodes[l.Inode] = true
 		if slices.Contains(oldAddrs, l.Addr) {
 			shared[l.Inode] = true
