@@ -837,12 +837,14 @@ func sharedListenAddrs(in *Instance) ([]netip.AddrPort, error) {
 // holds is kept for its stop signal, which follows at once when this
 // passes (listenersAtStop, signalStop, listenersGone).
 //
-// The old group's descriptors, as many as its connections (tens of
-// milliseconds to read with 10,000 open), are read only if a listening
-// socket that could be one of its shared ones is on an address the new
-// group does not cover. Otherwise the old group's shared listeners are the
-// sockets on the addresses the new group covers, other than the new
-// group's own.
+// The old group's descriptors are as many as its connections (tens of
+// milliseconds to read with 10,000 open). If every listener on a shared
+// address is on one the new group covers, the old group's shared
+// listeners are the sockets there other than the new group's own and the
+// supervisor's. Otherwise (another server shares some address with
+// SO_REUSEPORT, or the old group listens where the new one does not) they
+// come from the steering's read of the old group (steering.listenersOf:
+// made once, when it was young, and checked against the dump).
 func (s *Supervisor) checkCoverage(in, old *Instance) error {
 	all, err := proc.ListeningSockets()
 	if err != nil {
@@ -878,19 +880,29 @@ func (s *Supervisor) checkCoverage(in, old *Instance) error {
 		old.noteListening(covered, covered, members[old.PGID], time.Now())
 		return nil
 	}
+	// The old group's listeners, as the steering last read them (its
+	// descriptors are read again only if a listener appeared since).
+	// The new group's read first: its listeners are then accounted for.
+	s.steer.mu.Lock()
+	_, err = s.steer.listenersOf(in)
+	byAddr, errOld := s.steer.listenersOf(old)
+	s.steer.mu.Unlock()
+	err = errors.Join(err, errOld)
+	if err != nil {
+		return nil // cannot tell
+	}
 	inodes, shared := map[uint64]bool{}, map[uint64]bool{}
 	var oldAddrs []netip.AddrPort
-	held := groupSockets(old.PGID)
-	for _, l := range all {
-		if !held[l.Inode] {
-			continue
+	for addr, socks := range byAddr {
+		isShared := reusePortShared(addr)
+		if isShared {
+			oldAddrs = append(oldAddrs, addr)
 		}
-		inodes[l.Inode] = true
-		if slices.Contains(oldAddrs, l.Addr) {
-			shared[l.Inode] = true
-		} else if l.Addr.String() != old.HealthAddr && reusePortShared(l.Addr) {
-			oldAddrs = append(oldAddrs, l.Addr)
-			shared[l.Inode] = true
+		for _, l := range socks {
+			inodes[l.Inode] = true
+			if isShared {
+				shared[l.Inode] = true
+			}
 		}
 	}
 	old.noteListening(inodes, shared, members[old.PGID], time.Now())
