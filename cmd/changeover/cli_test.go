@@ -4,6 +4,7 @@ package main
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -32,6 +33,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{"run empty http probe", []string{"run", "--control", sock, "--health", "http://", "--", "true"}, 2, `"http://"`},
 		{"run missing command", []string{"run", "--control", sock, "--", "/nonexistent/server"}, 1, "/nonexistent/server"},
 		{"run check refuses generation 1", []string{"run", "--control", sock, "--check", "echo nope >&2; exit 3", "--", "/bin/sh"}, 5, "nope"},
+		{"run bad log level", []string{"run", "--log-level", "loud", "--", "true"}, 2, `"loud"`},
+		{"run error logs only", []string{"run", "--log-level", "error", "--control", sock, "--check", "false", "--", "/bin/sh"}, 5, "generation failed"},
 		{"run json logs", []string{"run", "--log-format", "json", "--control", sock, "--check", "false", "--", "/bin/sh"}, 5, `"msg":"generation failed"`},
 		{"swap without pidfile", []string{"swap", "--", "true"}, 2, "--pidfile is required"},
 		{"swap nothing after --", []string{"swap", "--pidfile", filepath.Join(dir, "p"), "--"}, 2, "nothing after --"},
@@ -47,6 +50,9 @@ func TestUsageAndExitCodes(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tt.want) {
 				t.Errorf("stderr does not contain %q:\n%s", tt.want, stderr)
+			}
+			if slices.Contains(tt.args, "error") && strings.Contains(stderr, "level=INFO") {
+				t.Errorf("--log-level error logged INFO lines:\n%s", stderr)
 			}
 			if tt.code == 2 && !strings.Contains(stderr, "usage") {
 				t.Errorf("usage error without usage:\n%s", stderr)
