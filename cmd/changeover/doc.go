@@ -44,6 +44,7 @@
 //	--crash-window 1m
 //	--pidfile F              the supervisor's own PID
 //	--log-format text        or json (log/slog; keys generation, pid, duration)
+//	--log-level info         debug (also each step of the steering), info, warn or error
 //	--tcp-migrate-req        false: set net.ipv4.tcp_migrate_req=1 for the network namespace first
 //	                         (needs root; a second line of defence, the handover does not need it)
 //
@@ -250,7 +251,7 @@
 // Concurrent swaps on one F are serialised by a flock on F.lock. An empty,
 // garbage or unwritable F exits 2 with nothing touched. swap takes --log,
 // --dir, --env-file, --health, --check, --notify, --ready-timeout,
-// --drain-timeout, --stop-signal, --kill-mode and --log-format as run does:
+// --drain-timeout, --stop-signal, --kill-mode, --log-format and --log-level as run does:
 // the stop signal goes to the old process, and with --kill-mode group to its
 // process group if it leads one.
 //

@@ -32,7 +32,7 @@ var reapOrphans = true
 
 // runOptions are the flags of "run".
 type runOptions struct {
-	name, control, dir, envFile, pidfile, logFormat string
+	name, control, dir, envFile, pidfile, logFormat, logLevel string
 	steering                                        string
 	health, checks                                  listFlag
 	notify, watch, migrateReq                       bool
@@ -62,6 +62,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	o.crashWindow = durationFlag(fs, "crash-window", time.Minute, "window for --crash-limit")
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the supervisor's PID to this file")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "least level logged: debug (also each steering step), info, warn or error")
 	stopSignal, killMode := stopFlags(fs)
 	fs.StringVar(&o.steering, "steering", supervisor.SteeringSupervisor, "who steers the port at a handover: supervisor (placeholder members of its own keep a new generation dark until it is ready, then switch the port to it) or kernel (runner instances steer themselves; other servers take connections as soon as they listen)")
 	fs.BoolVar(&o.migrateReq, "tcp-migrate-req", false, "set net.ipv4.tcp_migrate_req=1 in this network namespace before starting (needs root; the handover does not need it)")
@@ -72,7 +73,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o.logFormat, stderr)
+	log, err := newLogger(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		return usagef(fs, "%v", err)
 	}

@@ -41,6 +41,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	drainTimeout := durationFlag(fs, "drain-timeout", 30*time.Second, "how long the old instance may drain before SIGKILL")
 	stopSignal, killMode := stopFlags(fs)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "least level logged: debug, info, warn or error")
 	takeover := fs.Bool("takeover", false, "retire the process named by a pidfile that swap cannot verify as one it started (another tool's pidfile)")
 	steering := fs.String("steering", supervisor.SteeringSupervisor, "who steers the port at the handover: supervisor (placeholder members of swap's own keep the new instance dark until it is ready, then switch the port to it) or kernel")
 	if err := parse(fs, args); err != nil {
@@ -56,7 +57,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(*logFormat, stderr)
+	log, err := newLogger(*logFormat, *logLevel, stderr)
 	if err != nil {
 		return usagef(fs, "%v", err)
 	}
