@@ -33,12 +33,12 @@ var reapOrphans = true
 // runOptions are the flags of "run".
 type runOptions struct {
 	name, control, dir, envFile, pidfile, logFormat, logLevel string
-	steering                                        string
-	health, checks                                  listFlag
-	notify, watch, migrateReq                       bool
-	readyTimeout, drainTimeout, watchDebounce       *time.Duration
-	backoffMin, backoffMax, crashWindow             *time.Duration
-	crashLimit, maxDraining                         int
+	steering                                                  string
+	health, checks                                            listFlag
+	notify, watch, migrateReq                                 bool
+	readyTimeout, drainTimeout, watchDebounce                 *time.Duration
+	backoffMin, backoffMax, crashWindow                       *time.Duration
+	crashLimit, maxDraining                                   int
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
