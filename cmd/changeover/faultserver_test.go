@@ -49,6 +49,10 @@ const (
 	faultIgnoreTerm = "ignore-term" // serves, ignores SIGTERM (never drains)
 	faultSendReady  = "send-ready"  // not a server: sends READY=1 to $STRANGER_SOCKET and exits
 	faultDaemonize  = "daemonize"   // serves, and leaves a setsid child holding its listener
+	// faultLinger serves and drains at SIGTERM as runner does (its listener
+	// closed at once), then never exits (for at most two minutes), whatever
+	// it is sent but SIGKILL: a drain that overstays its deadline.
+	faultLinger = "linger"
 )
 
 func init() {
@@ -146,6 +150,11 @@ func faultServer(mode string) int {
 	if err := r.Run(ctx); err != nil && !errors.Is(err, runner.ErrDrainTimeout) {
 		fmt.Fprintln(os.Stderr, "fault server:", err)
 		return 1
+	}
+	if mode == faultLinger {
+		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
+		fmt.Fprintln(os.Stderr, "fault: drained, lingering as asked")
+		time.Sleep(2 * time.Minute)
 	}
 	return 0
 }
