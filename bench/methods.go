@@ -309,6 +309,13 @@ func (m *runMethod) supervisor() *supStats {
 }
 
 // swapMethod: each restart runs `changeover swap --pidfile F -- benchserver`.
+// Its trigger returns when swap exits, which is at the handover (the old
+// instance holds no listener any more), as `changeover reload` returns:
+// the old instance drains on, watched by swap's drain keeper (a
+// `changeover drain-keeper F` process in a session of its own, found and
+// killed at the end through its executable path like the instances), and
+// "old gone" is measured in /proc as for every method. Its CPU is not in
+// swap's rusage: it sleeps, polling the old group every 200 ms.
 type swapMethod struct {
 	pidfile string
 	maxRSS  int64 // bytes

@@ -20,9 +20,9 @@ import (
 
 // procs remembers every process the bench started so that all of them are
 // killed on exit, including on panic and ctrl-c. Servers that re-exec
-// themselves (tableflip, fdpass) or are started detached (changeover swap)
-// are found through their executable path, which lives in the bench's own
-// temporary directory, and killed by PID.
+// themselves (tableflip, fdpass) or are started detached (changeover swap's
+// instances and its drain keepers) are found through their executable path,
+// which lives in the bench's own temporary directory, and killed by PID.
 type procs struct {
 	mu    sync.Mutex
 	pgids map[int]bool

@@ -47,7 +47,8 @@ type restartEvent struct {
 	// sockets on the bench's address it held at the trigger (its
 	// descriptors, polled every millisecond in /proc; gone counts), -1:
 	// never. TriggerMs: trigger -> the method's own procedure returned
-	// (changeover reload, changeover swap; a signal returns at once).
+	// (changeover reload, changeover swap: both at the handover, the old
+	// instance still draining; a signal returns at once).
 	HandedOverMs float64 `json:"handed_over_ms"`
 	TriggerMs    float64 `json:"trigger_returned_ms"`
 	// WithoutLoad: the load had stopped before the old instance was gone

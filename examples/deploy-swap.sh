@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # deploy-swap.sh: deploy a release of a server with `changeover swap`, with no
 # resident supervisor. Each run starts the release beside the serving
-# instance, waits until it is ready, then makes the old instance drain and
-# exit; the pidfile always names the instance that serves.
+# instance, waits until it is ready, then tells the old instance to drain and
+# returns once it listens no more (the handover); the old instance finishes
+# its requests in the background, SIGKILLed at the drain deadline by a keeper
+# swap leaves behind if it is still there. The pidfile always names the
+# instance that serves.
 #
 #   deploy-swap.sh RELEASE
 #

@@ -242,12 +242,21 @@
 // supervisor: it starts COMMAND in its own session (output appended to
 // --log, default F with .log for .pid), waits until it is ready, writes F
 // atomically, sends the stop signal (--stop-signal, SIGTERM by default) to
-// the process that F named, waits for it to exit with its whole process
-// group (--drain-timeout, then SIGKILL of the group, as run does) and exits
-// 0. So unlike reload, swap returns when the old instance is gone, not at
-// the handover: it is what enforces the old instance's drain deadline (if
-// it is killed during the drain, the next swap does, see below). A failed
-// new instance is killed; F and the old process are left alone.
+// the process that F named and exits 0 once the port is handed over: none
+// of the old instance's listening sockets is left (sock_diag), or its
+// process group is empty, as reload does. The old instance finishes its
+// requests in the background, and swap prints until when. Its drain
+// deadline (--drain-timeout after the stop signal, recorded in F.state) is
+// enforced by swap itself while the old instance still listens (SIGKILL of
+// its group at the deadline, and swap exits then), and after the handover
+// by a drain keeper that swap leaves behind: this binary re-run in a
+// hidden mode (the environment variable CHANGEOVER_INTERNAL_DRAIN_KEEPER;
+// ps shows "changeover drain-keeper F"), in a session of its own, its
+// output appended to the instance log, which verifies the old instance as
+// swap does, SIGKILLs its group at the deadline if it is still there, never
+// before, and drops it from F.state. If swap is killed before it starts the
+// keeper, or the keeper is killed, the next swap does (see below). A
+// failed new instance is killed; F and the old process are left alone.
 // Concurrent swaps on one F are serialised by a flock on F.lock. An empty,
 // garbage or unwritable F exits 2 with nothing touched. swap takes --log,
 // --dir, --env-file, --health, --check, --notify, --ready-timeout,
@@ -274,7 +283,9 @@
 // its process group still runs (a wrapper such as sh -c 'srv & ...'), the
 // group is retired. Every other generation F.state names (one a swap
 // killed during its drain left as draining) is retired too: SIGKILLed with
-// its group if its drain deadline has passed, else at that deadline.
+// its group if its drain deadline has passed, else at that deadline (by
+// this swap while it still listens, else by the keeper recorded beside it
+// in F.state if that one still runs, else by this swap's keeper).
 //
 // Where F may live, for every swap alike (checked before anything starts):
 // a directory of the user that no one else can write, or a sticky one such

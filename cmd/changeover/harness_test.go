@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,13 +145,39 @@ func (e *env) aliveHelpers() []int {
 }
 
 // killHelpers SIGKILLs the process group of every helper (each is its own
-// group leader) and the helper itself.
+// group leader) and the helper itself, and the drain keepers of swaps.
 func (e *env) killHelpers() {
 	for _, pid := range e.helperPIDs() {
 		if pid != syscall.Getpgrp() {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killKeepers(e.dir)
+}
+
+// killKeepers SIGKILLs the drain keepers that the logs in dir name (a
+// keeper logs keeper_pid=N to the instance log) and that still run as
+// one: a session of their own, "drain-keeper" in their command line.
+func killKeepers(dir string) {
+	ents, _ := os.ReadDir(dir)
+	re := regexp.MustCompile(`keeper_pid=(\d+)`)
+	for _, en := range ents {
+		if !en.Type().IsRegular() {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, en.Name()))
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			pid, _ := strconv.Atoi(string(m[1]))
+			st, err := proc.ReadStat(pid)
+			if err != nil || st.PGID != pid || pid == syscall.Getpgrp() {
+				continue
+			}
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "drain-keeper" {
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+			}
+		}
 	}
 }
 

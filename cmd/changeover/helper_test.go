@@ -46,6 +46,9 @@ const (
 
 func TestMain(m *testing.M) {
 	supervisor.MaybeRelay()
+	if code, ok := supervisor.MaybeKeep(); ok {
+		os.Exit(code)
+	}
 	switch os.Getenv(envHelper) {
 	case "server":
 		os.Exit(helperServer())

@@ -65,6 +65,9 @@ func exitCode(err error) int {
 
 func main() {
 	supervisor.MaybeRelay()
+	if code, ok := supervisor.MaybeKeep(); ok {
+		os.Exit(code)
+	}
 	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
 	code := exitCode(err)
 	var ue *usageError

@@ -94,7 +94,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			DrainTimeout: *drainTimeout, StopSignal: *stopSignal, KillMode: *killMode,
 		},
 		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log, Takeover: *takeover,
-		Steering: *steering,
+		Steering: *steering, LogFormat: *logFormat,
 	})
 	if sig := unix.Signal(caught.Load()); err != nil && sig != 0 && errors.Is(err, supervisor.ErrInterrupted) {
 		return &codeError{code: 128 + int(sig), err: err}
@@ -104,6 +104,9 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if res.OldPID == 0 {
 		fmt.Fprintf(stdout, "generation %d pid %d started (first deploy)\n", res.Generation, res.PID)
+	} else if res.OldDraining {
+		fmt.Fprintf(stdout, "generation %d pid %d took over from pid %d; pid %d drains until %s (SIGKILL then, by drain keeper pid %d)\n",
+			res.Generation, res.PID, res.OldPID, res.OldPID, res.OldDrainDeadline.Format("2006-01-02T15:04:05.000Z07:00"), res.KeeperPID)
 	} else {
 		fmt.Fprintf(stdout, "generation %d pid %d took over from pid %d\n", res.Generation, res.PID, res.OldPID)
 	}

@@ -19,14 +19,18 @@ import (
 // TestSwapDrainDeadlineOwner (issue 14): who kills an old instance that
 // overstays its drain deadline under swap, which has no resident process.
 //
-//   - swap itself: it returns once the old instance's process group is
-//     empty, or kills the group at --drain-timeout after the stop signal
-//     (never before);
-//   - if that swap is killed during the drain, the state file beside the
-//     pidfile still names the old instance as draining with its deadline,
-//     and nothing kills it until the next swap, which kills it at that
-//     recorded deadline (never before), and retires the instance the dead
-//     swap started.
+//   - swap itself, while the port is not handed over: an old instance that
+//     ignores SIGTERM keeps its listeners, so swap stays and kills its
+//     group at --drain-timeout after the stop signal (never before);
+//   - swap's drain keeper, once it is: swap returns when the old instance
+//     listens no more, and the keeper it leaves kills the group at the
+//     deadline if it is still there (TestSwapKeeperKillsAtDeadline,
+//     TestSwapReturnsAtHandover, TestSwapKeeperNeverSignalsAStranger);
+//   - if swap is killed during the handover, before it started a keeper,
+//     the state file beside the pidfile still names the old instance as
+//     draining with its deadline, and nothing kills it until the next
+//     swap, which kills it at that recorded deadline (never before), and
+//     retires the instance the dead swap started.
 //
 // Only the generations the state file names are signalled: the helpers
 // that remain are the serving generation's.

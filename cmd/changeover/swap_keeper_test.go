@@ -28,9 +28,8 @@ import (
 )
 
 // envKeeper is the hidden mode in which changeover runs as swap's drain
-// keeper (supervisor.EnvKeeper): the tests that plant an order spell it,
-// as a script would.
-const envKeeper = "CHANGEOVER_INTERNAL_DRAIN_KEEPER"
+// keeper.
+const envKeeper = supervisor.EnvKeeper
 
 // trackKeepers returns the drain keepers a swap's output names
 // (keeper_pid=N) and kills each one's process group (a keeper leads a

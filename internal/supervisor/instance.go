@@ -276,7 +276,7 @@ func (l *Launch) baseEnv() ([]string, error) {
 	drop := map[string]bool{
 		healthcheck.EnvNotifySocket: true, healthcheck.EnvHealthAddr: true,
 		healthcheck.EnvDrainTimeout: true, healthcheck.EnvGeneration: true,
-		EnvRelay: true, "LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true,
+		EnvRelay: true, EnvKeeper: true, "LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true,
 		"WATCHDOG_USEC": true, "WATCHDOG_PID": true,
 	}
 	var env []string

@@ -67,6 +67,17 @@ type StateGen struct {
 	// StopPending: draining, its stop signal not sent yet (its cutover
 	// was not quiet yet): an adopting supervisor sends it.
 	StopPending bool `json:"stop_pending,omitempty"`
+	// KeeperPID and KeeperStartTicks name the drain keeper (see keeper.go)
+	// that a swap left watching this draining generation (swap's state
+	// file only; zero: none). A later swap leaves the generation to it
+	// while /proc shows that PID with that start time.
+	KeeperPID        int    `json:"keeper_pid,omitempty"`
+	KeeperStartTicks uint64 `json:"keeper_start_ticks,omitempty"`
+}
+
+// keeperAlive reports whether the drain keeper recorded for g still runs.
+func (g StateGen) keeperAlive() bool {
+	return g.KeeperPID > 1 && g.KeeperStartTicks != 0 && proc.Alive(g.KeeperPID, g.KeeperStartTicks)
 }
 
 // verify checks, in /proc, that g's process is the one recorded: its start

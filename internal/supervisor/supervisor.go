@@ -551,7 +551,13 @@ func logStopped(log *slog.Logger, in *Instance, out stopOutcome, start time.Time
 	}
 	log.Log(context.Background(), lvl, "instance exited", KeyGeneration, in.Gen, KeyPID, in.PID,
 		"status", in.ExitStatus(), "killed", out.Killed, KeyDuration, time.Since(start).Round(time.Millisecond))
-	for _, pid := range out.Untracked {
+	logUntracked(log, in, out.Untracked)
+}
+
+// logUntracked logs the processes outside in's group that hold a listening
+// socket its group held when its stop began (swap).
+func logUntracked(log *slog.Logger, in *Instance, untracked []int) {
+	for _, pid := range untracked {
 		log.Warn("a process started by this generation left its process group (setsid or daemonized) and still holds its listening socket; it is not tracked, drained or killed",
 			KeyGeneration, in.Gen, KeyPID, pid, "pgid", in.PGID)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ type SwapConfig struct {
 	// is refused, nothing touched.
 	Takeover bool
 	Log      *slog.Logger
+	// LogFormat is the drain keeper's log format (see keeper.go): text
+	// (default) or json.
+	LogFormat string
 	// Steering is who steers the port at the handover, as Config.Steering:
 	// SteeringSupervisor (default) through placeholders of Swap's own, for
 	// the time of the handover, or SteeringKernel.
@@ -50,8 +54,14 @@ type SwapConfig struct {
 type SwapResult struct {
 	Generation int
 	PID        int
-	OldPID     int // 0 on a first deploy
-	OldKilled  bool
+	OldPID     int  // 0 on a first deploy
+	OldKilled  bool // SIGKILLed by Swap at its drain deadline (it never handed over)
+	// OldDraining: the old instance still drains (its listeners gone)
+	// when Swap returns, until OldDrainDeadline, watched by the drain
+	// keeper KeeperPID (see keeper.go).
+	OldDraining      bool
+	OldDrainDeadline time.Time
+	KeeperPID        int // 0: no keeper started
 }
 
 // SwapStatePath is the state file beside a swap pidfile: PIDFILE.state, a
@@ -288,6 +298,9 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 		}
 		g := swapGen(o, StateDraining)
 		g.DrainDeadline = o.DrainDeadline()
+		if j := slices.IndexFunc(rec.Others, func(r StateGen) bool { return r.Generation == o.Gen && r.PID == o.PID }); j >= 0 {
+			g.KeeperPID, g.KeeperStartTicks = rec.Others[j].KeeperPID, rec.Others[j].KeeperStartTicks
+		}
 		gens = append(gens, g)
 	}
 	// The state first: a pidfile must never name a PID that its state
@@ -311,28 +324,144 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	if old == nil && len(others) == 0 {
 		return res, nil
 	}
+	// draining: the generations still draining once the port is handed
+	// over (their listeners gone), for the drain keeper.
+	var draining []*Instance
 	if old != nil {
 		res.OldPID = old.PID
-		start := time.Now()
-		s.swapCutover(in, old, start.Add(l.DrainTimeout))
-		out := stopInstance(old, &l, l.DrainTimeout, nil, log)
+		s.swapCutover(in, old, time.Now().Add(l.DrainTimeout))
+		if old.PGID <= 0 {
+			// Taken over without a process group of its own: signalled
+			// by PID alone, and waited for here, as no keeper can
+			// adopt it.
+			start := time.Now()
+			out := stopInstance(old, &l, l.DrainTimeout, nil, log)
+			res.OldKilled = out.Killed
+			logStopped(log, old, out, start)
+		} else {
+			// The drain deadline runs from the stop signal, and is on
+			// disk before it: a swap killed from here on leaves it to
+			// the next one.
+			start := time.Now()
+			deadline := start.Add(l.DrainTimeout)
+			old.setDrainDeadline(deadline)
+			gens[1].DrainDeadline = deadline
+			if err := writeSwapState(cfg.Pidfile, gens); err != nil {
+				log.Warn("cannot rewrite the state file", "path", SwapStatePath(cfg.Pidfile), KeyError, err)
+			}
+			out, gone := handOver(old, &l, deadline, true, log)
+			res.OldKilled = out.Killed
+			if gone {
+				logStopped(log, old, out, start)
+			} else {
+				logUntracked(log, old, out.Untracked)
+				draining = append(draining, old)
+				res.OldDraining, res.OldDrainDeadline = true, deadline
+			}
+		}
 		s.steer.mu.Lock()
 		s.steer.compact()
 		s.steer.mu.Unlock()
-		res.OldKilled = out.Killed
-		logStopped(log, old, out, start)
 	}
 	for _, o := range others {
-		if o.State() != StateDraining {
-			sendStop(o, &l, log)
+		out, gone := handOver(o, &l, o.DrainDeadline(), o.State() != StateDraining, log)
+		logUntracked(log, o, out.Untracked)
+		if gone {
+			log.Info("recorded generation retired", KeyGeneration, o.Gen, KeyPID, o.PID, "killed", out.Killed)
+			continue
 		}
-		killed := drainUntil(o, o.DrainDeadline())
-		log.Info("recorded generation retired", KeyGeneration, o.Gen, KeyPID, o.PID, "killed", killed)
+		draining = append(draining, o)
 	}
-	if err := writeSwapState(cfg.Pidfile, gens[:1]); err != nil {
+	final := []StateGen{gens[0]}
+	if len(draining) > 0 {
+		final = append(final, s.keepDraining(cfg, lf, rec.Others, draining, res)...)
+	}
+	if err := writeSwapState(cfg.Pidfile, final); err != nil {
 		log.Warn("cannot rewrite the state file", "path", SwapStatePath(cfg.Pidfile), KeyError, err)
 	}
 	return res, nil
+}
+
+// handOver retires o: it sends the stop signal (if stop), then waits until
+// no process of o's group listens on an address shared with SO_REUSEPORT
+// (the port is handed over) or the group is empty, up to deadline. A group
+// that still listens at the deadline never handed over: it is SIGKILLed.
+// gone: the group is empty (exited, or killed); otherwise it drains on,
+// listening no more.
+func handOver(o *Instance, l *Launch, deadline time.Time, stop bool, log *slog.Logger) (out stopOutcome, gone bool) {
+	sockets := o.listenersAtStop(time.Now())
+	if stop {
+		sendStop(o, l, log)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	listenersGone(ctx, o)
+	cancel()
+	if !o.groupEmpty() && !time.Now().Before(deadline) {
+		killGroupAndWait(o)
+		out.Killed = true
+	}
+	out.Untracked = proc.SocketHolders(sockets, o.StartTicks)
+	return out, out.Killed || o.groupEmpty()
+}
+
+// keepDraining hands the generations still draining after the handover to
+// a drain keeper (see keeper.go), all but those whose keeper, recorded in
+// the state file (recorded), still runs; it returns their entries for the
+// state file, each naming its keeper. If the keeper cannot be started,
+// Swap keeps their deadlines itself: it waits until each group is empty
+// or SIGKILLs it at its deadline, and returns none.
+func (s *Supervisor) keepDraining(cfg SwapConfig, logf *os.File, recorded []StateGen, draining []*Instance, res *SwapResult) []StateGen {
+	log := s.log
+	entries := make([]StateGen, len(draining))
+	var order KeeperOrder
+	var handed []int // indexes into entries
+	for i, o := range draining {
+		entries[i] = swapGen(o, StateDraining)
+		entries[i].DrainDeadline = o.DrainDeadline()
+		if j := slices.IndexFunc(recorded, func(g StateGen) bool {
+			return g.Generation == o.Gen && g.PID == o.PID && g.StartTicks == o.StartTicks
+		}); j >= 0 && recorded[j].keeperAlive() {
+			entries[i].KeeperPID, entries[i].KeeperStartTicks = recorded[j].KeeperPID, recorded[j].KeeperStartTicks
+			log.Info("a drain keeper started by an earlier swap watches this generation", KeyGeneration, o.Gen, KeyPID, o.PID,
+				"keeper_pid", recorded[j].KeeperPID, "drain_deadline", o.DrainDeadline())
+			continue
+		}
+		order.Generations = append(order.Generations, entries[i])
+		handed = append(handed, i)
+	}
+	if len(handed) == 0 {
+		return entries
+	}
+	order.Pidfile, order.LogFormat = cfg.Pidfile, cfg.LogFormat
+	pid, ticks, err := startKeeper(order, logf)
+	if err != nil {
+		log.Warn("cannot start the drain keeper: swap waits for the draining generations itself", KeyError, err)
+		for _, o := range draining {
+			start := time.Now()
+			killed := drainUntil(o, o.DrainDeadline())
+			log.Log(context.Background(), logLevel(killed), "instance exited", KeyGeneration, o.Gen, KeyPID, o.PID,
+				"killed", killed, KeyDuration, time.Since(start).Round(time.Millisecond))
+			if o.PID == res.OldPID && res.OldDraining {
+				res.OldDraining, res.OldKilled = false, killed
+			}
+		}
+		return nil
+	}
+	res.KeeperPID = pid
+	for _, i := range handed {
+		entries[i].KeeperPID, entries[i].KeeperStartTicks = pid, ticks
+		log.Info("handed over: the generation drains in the background; the drain keeper SIGKILLs its group at the deadline if it is still there",
+			KeyGeneration, entries[i].Generation, KeyPID, entries[i].PID, "drain_deadline", entries[i].DrainDeadline, "keeper_pid", pid)
+	}
+	return entries
+}
+
+// logLevel is Warn for a kill, else Info.
+func logLevel(killed bool) slog.Level {
+	if killed {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
 }
 
 // swapOld decides what to do with the process the pidfile names: the
