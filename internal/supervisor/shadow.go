@@ -219,13 +219,7 @@ func (l *runLoop) performHold(a Action) {
 	s.log.Info("refused generation's address held: its new connections are dropped and retransmitted; it is stopped once what it queued is served",
 		KeyGeneration, a.Gen, "addrs", addrs, "listeners", listenerCount(held))
 	l.goPost(func() Event {
-		start := time.Now()
-		queued, halfOpen := waitQuiet(l.ctx, held, a.At)
-		if queued+halfOpen > 0 {
-			s.log.Warn("the refused generation's listeners were not quiet by the deadline", KeyGeneration, a.Gen,
-				"queued", queued, "half_open", halfOpen)
-		}
-		s.log.Info("refused generation's listeners quiet", KeyGeneration, a.Gen, KeyDuration, time.Since(start).Round(time.Millisecond))
+		s.waitQuietLogged(l.ctx, a.Gen, held, a.At, "the refused generation's listeners were not quiet by the deadline", "refused generation's listeners quiet")
 		return Event{Kind: EvCutOver, Gen: a.Gen}
 	})
 }

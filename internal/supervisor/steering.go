@@ -386,6 +386,17 @@ func waitQuiet(ctx context.Context, old map[netip.AddrPort][]reuseport.Socket, d
 	}
 }
 
+// waitQuietLogged is waitQuiet for generation gen's listeners socks, with
+// its log lines: notQuiet (a warning, with what still waited) if the
+// deadline came first, then quiet (with how long it took).
+func (s *Supervisor) waitQuietLogged(ctx context.Context, gen int, socks map[netip.AddrPort][]reuseport.Socket, deadline time.Time, notQuiet, quiet string) {
+	start := time.Now()
+	if queued, halfOpen := waitQuiet(ctx, socks, deadline); queued+halfOpen > 0 {
+		s.log.Warn(notQuiet, KeyGeneration, gen, "queued", queued, "half_open", halfOpen)
+	}
+	s.log.Info(quiet, KeyGeneration, gen, KeyDuration, time.Since(start).Round(time.Millisecond))
+}
+
 // listenerCount is the number of listeners in byAddr.
 func listenerCount(byAddr map[netip.AddrPort][]reuseport.Socket) int {
 	n := 0
@@ -433,13 +444,7 @@ func (l *runLoop) performSteering(a Action) {
 		s.log.Info("cut over: new connections go to the new generation", KeyGeneration, a.Gen,
 			"old_generation", a.Old, "old_listeners", listenerCount(oldSocks))
 		l.goPost(func() Event {
-			start := time.Now()
-			queued, halfOpen := waitQuiet(l.ctx, oldSocks, a.At)
-			if queued+halfOpen > 0 {
-				s.log.Warn("the old generation's listeners were not quiet by the deadline", KeyGeneration, a.Old,
-					"queued", queued, "half_open", halfOpen)
-			}
-			s.log.Info("old listeners quiet", KeyGeneration, a.Old, KeyDuration, time.Since(start).Round(time.Millisecond))
+			s.waitQuietLogged(l.ctx, a.Old, oldSocks, a.At, "the old generation's listeners were not quiet by the deadline", "old listeners quiet")
 			return Event{Kind: EvCutOver, Gen: a.Old}
 		})
 	case ActCompact:
@@ -589,11 +594,6 @@ func (s *Supervisor) swapCutover(in, old *Instance, deadline time.Time) {
 	}
 	s.log.Info("cut over: new connections go to the new generation", KeyGeneration, in.Gen,
 		"old_generation", old.Gen, "old_listeners", listenerCount(oldSocks))
-	start := time.Now()
-	if queued, halfOpen := waitQuiet(context.Background(), oldSocks, deadline); queued+halfOpen > 0 {
-		s.log.Warn("the old generation's listeners were not quiet by the deadline", KeyGeneration, old.Gen,
-			"queued", queued, "half_open", halfOpen)
-	}
-	s.log.Info("old listeners quiet", KeyGeneration, old.Gen, KeyDuration, time.Since(start).Round(time.Millisecond))
+	s.waitQuietLogged(context.Background(), old.Gen, oldSocks, deadline, "the old generation's listeners were not quiet by the deadline", "old listeners quiet")
 	s.steer.prepareDepartures(old)
 }

@@ -18,8 +18,9 @@ import (
 // holder is a process (sleep) that holds listening sockets, as a server
 // generation does, in a process group of its own or in another's.
 type holder struct {
-	cmd *exec.Cmd
-	in  *Instance
+	cmd  *exec.Cmd
+	in   *Instance
+	addr string // its first listener's
 }
 
 // startHolder starts a process holding lns (closed here once it holds
@@ -50,7 +51,11 @@ func startHolder(t *testing.T, gen, pgid int, lns ...*net.TCPListener) *holder {
 	if pgid != 0 {
 		group = pgid
 	}
-	return &holder{cmd: cmd, in: &Instance{Gen: gen, PID: cmd.Process.Pid, PGID: group}}
+	h := &holder{cmd: cmd, in: &Instance{Gen: gen, PID: cmd.Process.Pid, PGID: group}}
+	if len(lns) > 0 {
+		h.addr = lns[0].Addr().String()
+	}
+	return h
 }
 
 func reuseListen(t *testing.T, addr string) *net.TCPListener {
@@ -82,6 +87,23 @@ func countGroupReads(t *testing.T) func(pgid int) int {
 	}
 }
 
+// servingAndDark starts generation 1 holding a listener on a port of its
+// own and makes the handover into generation 2 dark: the steering is
+// returned locked (unlocked, and its placeholders closed, when the test
+// ends).
+func servingAndDark(t *testing.T) (*holder, *steering) {
+	t.Helper()
+	old := startHolder(t, 1, 0, reuseListen(t, "127.0.0.1:0"))
+	st := newSteering(slog.New(slog.DiscardHandler))
+	st.mu.Lock()
+	t.Cleanup(func() {
+		st.closeAllLocked()
+		st.mu.Unlock()
+	})
+	st.dark(2, old.in)
+	return old, st
+}
+
 // TestSteeringReadsAGenerationsDescriptorsOnce: a generation's descriptors
 // are as many as its connections (10,000 idle keep-alive connections take
 // tens of milliseconds to read, and every read was on the reload's path:
@@ -90,15 +112,8 @@ func countGroupReads(t *testing.T) func(pgid int) int {
 // sock_diag dump.
 func TestSteeringReadsAGenerationsDescriptorsOnce(t *testing.T) {
 	reads := countGroupReads(t)
-	ln := reuseListen(t, "127.0.0.1:0")
-	addr := ln.Addr().String()
-	old := startHolder(t, 1, 0, ln)
-	st := newSteering(slog.New(slog.DiscardHandler))
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	defer st.closeAllLocked()
-
-	st.dark(2, old.in)
+	old, st := servingAndDark(t)
+	addr := old.addr
 	if !st.steered(2) {
 		t.Fatalf("the handover into generation 2 is not steered (path %q)", st.paths[2])
 	}
@@ -127,14 +142,7 @@ func TestSteeringReadsAGenerationsDescriptorsOnce(t *testing.T) {
 // handover steers that address too.
 func TestSteeringSeesAListenerOpenedAfterTheRead(t *testing.T) {
 	reads := countGroupReads(t)
-	ln := reuseListen(t, "127.0.0.1:0")
-	old := startHolder(t, 1, 0, ln)
-	st := newSteering(slog.New(slog.DiscardHandler))
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	defer st.closeAllLocked()
-
-	st.dark(2, old.in)
+	old, st := servingAndDark(t)
 	if len(st.groups) != 1 {
 		t.Fatalf("steering %d addresses, want 1", len(st.groups))
 	}
