@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,21 +148,38 @@ func (e *env) aliveHelpers() []int {
 // killHelpers SIGKILLs the process group of every helper (each is its own
 // group leader) and the helper itself, and the drain keepers of swaps.
 func (e *env) killHelpers() {
+	// The keepers first: a keeper that sees its group die rewrites the
+	// state file, which would race t.TempDir's removal.
+	killKeepers(e.dir)
 	for _, pid := range e.helperPIDs() {
 		if pid != syscall.Getpgrp() {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	killKeepers(e.dir)
 }
 
-// killKeepers SIGKILLs the drain keepers that the logs in dir name (a
-// keeper logs keeper_pid=N to the instance log) and that still run as
-// one: a session of their own, "drain-keeper" in their command line.
+// killKeepers SIGKILLs the drain keepers that the files in dir name (a
+// keeper logs keeper_pid=N to the instance log, swap records it in F.state
+// before it returns) and that still run as
+// one: a session of their own, "drain-keeper" in their command line; and
+// waits (up to 5 s) until they are gone, so that none writes in dir after.
 func killKeepers(dir string) {
+	type keeper struct {
+		pid   int
+		start uint64
+	}
+	var killed []keeper
+	defer func() {
+		for i := 0; i < 250; i++ {
+			if !slices.ContainsFunc(killed, func(k keeper) bool { return proc.Alive(k.pid, k.start) }) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
 	ents, _ := os.ReadDir(dir)
-	re := regexp.MustCompile(`keeper_pid=(\d+)`)
+	re := regexp.MustCompile(`keeper_pid"?[=:] *(\d+)`) // a log line, or F.state
 	for _, en := range ents {
 		if !en.Type().IsRegular() {
 			continue
@@ -176,6 +194,7 @@ func killKeepers(dir string) {
 			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			if args := strings.Split(string(cmdline), "\x00"); len(args) > 1 && args[1] == "drain-keeper" {
 				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				killed = append(killed, keeper{pid, st.StartTime})
 			}
 		}
 	}
