@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/changeover-dev/changeover/reuseport"
 )
@@ -187,5 +188,43 @@ func TestCoverageCheckReadsTheOldGenerationOnce(t *testing.T) {
 	}
 	if n := reads(old.in.PGID); n != 1 {
 		t.Errorf("the old generation's descriptors were read %d times (dark, then two coverage checks), want 1", n)
+	}
+}
+
+// TestStopWatchSeesEverySharedListener (review of the stop's watch): where
+// the coverage check's snapshot is stale at the stop signal (a quiet wait
+// over a second), the stop's watch takes the old generation's listeners
+// from the steering's read. It must look for all of them on addresses
+// shared with SO_REUSEPORT, not only the steered ones: a listener the old
+// group opened on another address after the dark still takes connections,
+// and the reload returned while it listened.
+func TestStopWatchSeesEverySharedListener(t *testing.T) {
+	old, st := servingAndDark(t)
+	old.in.done = make(chan struct{})
+	next := startHolder(t, 2, 0, reuseListen(t, old.addr))
+	if _, ok := st.cutover(next.in, old.in); !ok {
+		t.Fatal("cutover failed")
+	}
+	st.mu.Unlock() // prepareDepartures locks it
+	other := reuseListen(t, "127.0.0.1:0")
+	otherAddr := other.Addr().String()
+	startHolder(t, 1, old.in.PGID, other) // generation 1's group listens on another address too
+	old.in.noteSharedAtStop(st.prepareDepartures(old.in))
+	st.mu.Lock()
+	// Generation 1's first process exits: its steered listener closes,
+	// the one on the other address still listens.
+	_ = old.cmd.Process.Kill()
+	_ = old.cmd.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	listenersGone(ctx, old.in)
+	socks, err := reuseport.ListeningSockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range socks {
+		if s.Addr.String() == otherAddr && ctx.Err() == nil {
+			t.Errorf("listenersGone returned while generation 1's group still listens on %s", otherAddr)
+		}
 	}
 }
