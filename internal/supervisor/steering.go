@@ -282,8 +282,9 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 // prepareDepartures appends, to each group, as many placeholders as old
 // has listeners in it, before old's stop signal: its listeners then leave
 // in any order without moving the new generation's slots. It returns the
-// inodes of those listeners (nil if nothing is steered or they cannot be
-// read): the stop's watch looks for them in the sock_diag dump.
+// inodes of old's listeners on every address shared with SO_REUSEPORT,
+// steered or not (nil if nothing is steered or they cannot be read): the
+// stop's watch looks for them in the sock_diag dump.
 func (st *steering) prepareDepartures(old *Instance) map[uint64]bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -295,18 +296,22 @@ func (st *steering) prepareDepartures(old *Instance) map[uint64]bool {
 		st.log.Warn("cannot read the stopping generation's listeners; placeholders not added", KeyGeneration, old.Gen, KeyError, err)
 		return nil
 	}
-	steered := map[uint64]bool{}
 	for addr, g := range st.groups {
 		if n := len(byAddr[addr]); n > 0 {
-			for _, s := range byAddr[addr] {
-				steered[s.Inode] = true
-			}
 			if err := g.PrepareDepartures(n); err != nil {
 				st.log.Warn("cannot add placeholders before a stop signal", KeyGeneration, old.Gen, "addr", addr, KeyError, err)
 			}
 		}
 	}
-	return steered
+	shared := map[uint64]bool{}
+	for addr, socks := range byAddr {
+		if _, steered := st.groups[addr]; steered || reusePortShared(addr) {
+			for _, s := range socks {
+				shared[s.Inode] = true
+			}
+		}
+	}
+	return shared
 }
 
 // compact closes the placeholders no longer needed once the old

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/changeover-dev/changeover/internal/proc"
 	"github.com/changeover-dev/changeover/reuseport"
 )
 
@@ -53,6 +54,13 @@ func startHolder(t *testing.T, gen, pgid int, lns ...*net.TCPListener) *holder {
 		group = pgid
 	}
 	h := &holder{cmd: cmd, in: &Instance{Gen: gen, PID: cmd.Process.Pid, PGID: group}}
+	if pgid == 0 { // a leader: signalled, and its group seen, as an instance's
+		ticks, err := proc.StartTime(cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.in.StartTicks, h.in.target = ticks, proc.NewTarget(cmd.Process.Pid, ticks)
+	}
 	if len(lns) > 0 {
 		h.addr = lns[0].Addr().String()
 	}
