@@ -747,6 +747,12 @@ func (s *Supervisor) waitReadyCovered(ctx context.Context, in *Instance, deadlin
 		return err
 	}
 	if old == nil {
+		// Its listeners are read now, while it has no connection: the
+		// next reload's steering reads them from here (see listenersOf);
+		// the coverage check below reads them for a replacement.
+		s.steer.mu.Lock()
+		_, _ = s.steer.listenersOf(in)
+		s.steer.mu.Unlock()
 		return nil
 	}
 	for {
