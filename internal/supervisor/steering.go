@@ -43,8 +43,14 @@ const (
 )
 
 // steerPoll is how often the cutover looks at the old listeners' queues
-// and half-open connections.
-const steerPoll = 5 * time.Millisecond
+// and half-open connections. The wait ends after two quiet polls in a row
+// (a connection leaves SYN_RECV a moment before it enters the accept
+// queue: microseconds, in one softirq), so it lasts at least twice this,
+// and for keep-alive clients, who open new connections only once the old
+// generation drains after its stop signal, that is part of the cutover.
+// A poll is one sock_diag dump of the listening sockets (tens of
+// microseconds), and the half-open dumps while some are still waited for.
+const steerPoll = 2 * time.Millisecond
 
 // steering holds the groups of the port the supervisor steers. The loop
 // calls it from its goroutine; a readiness check routes its probes
