@@ -33,6 +33,11 @@ const (
 	StateDraining = "draining"
 	StateFailed   = "failed"
 	StateExited   = "exited"
+	// StateRefused is, in the state file, a generation refused for a
+	// shadowing address (shadow.go) while its address is held: a
+	// supervisor that adopts it kills it, the hold having died with the
+	// previous one.
+	StateRefused = "refused"
 )
 
 // Instance is one generation of the command.

@@ -92,6 +92,9 @@ type AdoptedGen struct {
 	StopPending bool      // Deadline is then the cutover's; the drain gets its own from the signal
 	Deadline    time.Time // its absolute drain deadline (zero: now + drain timeout)
 	Leftover    bool      // it was starting (a reload the previous supervisor never finished): kill it
+	// Refused: refused for a shadowing address and held by the previous
+	// supervisor, whose placeholders died with it: kill it at once.
+	Refused bool
 }
 
 // TimerKind names what a timer is for.
@@ -104,6 +107,7 @@ const (
 	TimerKillGrace                  // Gen's group was SIGKILLed this long ago: stop waiting for it
 	TimerSlot                       // a reload waited too long for a draining generation to finish
 	TimerCutover                    // Gen's cutover was not quiet in time: send its stop signal anyway
+	TimerHold                       // Gen, refused and held, still listens this long after its stop signal: SIGKILL its group
 )
 
 // TimerID identifies a timer; arming one again moves it.
@@ -113,7 +117,7 @@ type TimerID struct {
 }
 
 func (t TimerID) String() string {
-	name := [...]string{"backoff", "drain", "kill-grace", "slot", "cutover"}[t.Kind]
+	name := [...]string{"backoff", "drain", "kill-grace", "slot", "cutover", "hold"}[t.Kind]
 	if t.Gen == 0 {
 		return name
 	}

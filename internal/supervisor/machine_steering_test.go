@@ -86,16 +86,21 @@ var refused2 = []step{
 // shadowRows: a generation refused for a shadowing address (shadow.go)
 // loses nothing it accepted: the supervisor holds its address (new SYNs
 // dropped there, retransmitted a second later), stops it once what it
-// queued is served, and ends the hold once its listeners are gone.
+// queued is served, and ends the hold once its listeners are gone. The
+// hold is short (refusedGrace, 1 s with these rows' 30 s drain timeout):
+// a refused generation is not worth holding an address for long (review:
+// one that ignored its stop signal held it for 2 x --drain-timeout, 20 s,
+// every new client of that address waiting and its failed reload too).
 var shadowRows = []struct {
 	name  string
 	steps []step
 }{
-	{"held, stopped once quiet, released once its listeners are gone; the reload fails once its group is empty",
+	{"held, stopped once quiet, released once its listeners are gone; the reload fails then, and it finishes draining in the background",
 		seq(serving1, refused2, []step{
-			{ev: cutOver(2), want: "stop 2; timer drain/2", phase: phaseWaitingReady},
-			{ev: gone(2), want: "release 2"},
-			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
+			{ev: cutOver(2), want: "stop 2; timer drain/2; timer hold/2", phase: phaseWaitingReady},
+			{ev: gone(2), want: "release 2; answer 2 not-ready", phase: phaseDraining},
+			{ev: fire(TimerHold, 2), after: time.Second, want: ""},
+			{ev: empty(2), want: "", phase: phaseServing},
 		})},
 	{"the address cannot be held (a placeholder refused): killed, as any generation that is not ready",
 		seq(serving1, refused2, []step{
@@ -103,11 +108,30 @@ var shadowRows = []struct {
 			{ev: cutOver(2), want: ""},
 			{ev: empty(2), want: "answer 2 not-ready", phase: phaseServing},
 		})},
-	{"never quiet: the stop signal at the cutover deadline, SIGKILL at the drain deadline",
+	{"never quiet: the stop signal after the hold's grace (1 s), SIGKILL 1 s later if it still listens; the reload fails once its listeners are gone",
 		seq(serving1, refused2, []step{
-			{ev: fire(TimerCutover, 2), after: 30 * time.Second, want: "stop 2; timer drain/2"},
-			{ev: fire(TimerDrain, 2), after: 30 * time.Second, want: "kill 2; timer kill-grace/2"},
+			{ev: fire(TimerCutover, 2), after: 999 * time.Millisecond, want: ""},
+			{ev: fire(TimerCutover, 2), after: time.Millisecond, want: "stop 2; timer drain/2; timer hold/2"},
+			{ev: fire(TimerHold, 2), after: 999 * time.Millisecond, want: ""},
+			{ev: fire(TimerHold, 2), after: time.Millisecond, want: "kill 2; timer kill-grace/2"},
+			{ev: gone(2), want: "release 2; answer 2 not-ready", phase: phaseDraining},
+			{ev: empty(2), want: "", phase: phaseServing},
+			{ev: fire(TimerDrain, 2), after: 30 * time.Second, want: "", phase: phaseServing},
+		})},
+	{"short drain timeout: the hold's grace is the drain timeout when it is shorter",
+		seq(serving1, refused2, []step{
+			{ev: fire(TimerCutover, 2), after: 500 * time.Millisecond, want: "stop 2; timer drain/2; timer hold/2"},
+			{ev: fire(TimerHold, 2), after: 500 * time.Millisecond, want: "kill 2; timer kill-grace/2"},
+			{ev: fire(TimerDrain, 2), want: ""},
 			{ev: empty(2), want: "release 2; answer 2 not-ready", phase: phaseServing},
+		})},
+	{"a reload asked during the hold begins once the hold is released (no older generation listens then)",
+		seq(serving1, refused2, []step{
+			{ev: reload(w2), want: ""},
+			{ev: cutOver(2), want: "stop 2; timer drain/2; timer hold/2"},
+			{ev: gone(2), want: "release 2; answer 2 not-ready; checks 3", phase: phaseChecking},
+			{ev: checked(3, nil), want: "dark 3; start 3", phase: phaseWaitingReady},
+			{ev: empty(2), want: ""},
 		})},
 	{"it exits by itself while held: released, the reload fails",
 		seq(serving1, refused2, []step{
@@ -115,9 +139,10 @@ var shadowRows = []struct {
 			{ev: empty(2), want: "release 2; answer 2 not-ready", phase: phaseServing},
 			{ev: cutOver(2), want: ""},
 		})},
-	{"a stop while held: its stop signal goes at once, with the serving one's",
+	{"a stop while held: its stop signal goes at once, with the serving one's, and the same grace bounds its listeners",
 		seq(serving1, refused2, []step{
-			{ev: stop(), want: "answer 2 not-ready; unsteer; stop 2; timer drain/2; stop 1; timer drain/1; watch 1", phase: phaseStopping},
+			{ev: stop(), want: "answer 2 not-ready; unsteer; stop 2; timer drain/2; timer hold/2; stop 1; timer drain/1; watch 1", phase: phaseStopping},
+			{ev: fire(TimerHold, 2), after: time.Second, want: "kill 2; timer kill-grace/2"},
 			{ev: gone(2), want: "release 2"},
 		})},
 	{"a shadowing generation on the kernel path (not steered): killed",
@@ -134,6 +159,9 @@ func TestMachineShadowRefused(t *testing.T) {
 	for _, row := range shadowRows {
 		cfg := testConfig
 		cfg.Steered = !strings.Contains(row.name, "kernel path")
+		if strings.HasPrefix(row.name, "short drain timeout") {
+			cfg.DrainTimeout = 500 * time.Millisecond
+		}
 		t.Run(row.name, func(t *testing.T) { runRow(t, cfg, row.steps) })
 	}
 }
@@ -172,5 +200,45 @@ func TestStateFileDuringCutover(t *testing.T) {
 	}
 	if g1 == nil || g1.State != StateDraining || !g1.StopPending {
 		t.Fatalf("generation 1 in the state file during its cutover: %+v, want draining with its stop pending", g1)
+	}
+}
+
+// A supervisor killed during a hold takes the hold's placeholders with it:
+// the refused generation then gets the held address's connections. The
+// state file records it as refused (not draining with its stop pending,
+// which an adopter let drain for up to --drain-timeout, answering every
+// request of that address from a generation that was never ready), also
+// once its stop signal went.
+func TestStateFileDuringHold(t *testing.T) {
+	cfg := testConfig
+	cfg.Steered = true
+	m := newMachine(cfg)
+	now := t0
+	l := &runLoop{s: New(Config{Name: "t"}), m: m, insts: map[int]*Instance{
+		1: {Gen: 1, PID: 101, PGID: 101}, 2: {Gen: 2, PID: 102, PGID: 102},
+	}}
+	state := func(n int) *StateGen {
+		st := l.stateFile()
+		for i := range st.Generations {
+			if st.Generations[i].Generation == n {
+				return &st.Generations[i]
+			}
+		}
+		return nil
+	}
+	for _, s := range seq(serving1, refused2) {
+		ev := s.ev
+		ev.Now = now
+		m.Step(ev)
+	}
+	if g2 := state(2); g2 == nil || g2.State != StateRefused {
+		t.Fatalf("generation 2 in the state file while held: %+v, want state %q", g2, StateRefused)
+	}
+	m.Step(Event{Kind: EvCutOver, Gen: 2, Now: now})
+	if g2 := state(2); g2 == nil || g2.State != StateRefused {
+		t.Fatalf("generation 2 in the state file after its stop signal, still held: %+v, want state %q", g2, StateRefused)
+	}
+	if g1 := state(1); g1 == nil || g1.State != StateServing {
+		t.Fatalf("generation 1 in the state file during the hold: %+v, want serving", g1)
 	}
 }

@@ -404,6 +404,12 @@ var machineRows = []struct {
 		{ev: checked(4, nil), want: ""},
 		{ev: empty(3), want: "start 4"},
 	}},
+	{"a refused generation that a previous supervisor held is killed at adoption, not left to drain (its hold died with that supervisor)", []step{
+		{ev: start(AdoptedGen{Gen: 1, PID: 101}, AdoptedGen{Gen: 2, PID: 102, Refused: true}),
+			want: "kill 2; timer kill-grace/2; watch 2; checks 3"},
+		{ev: checked(3, nil), want: ""},
+		{ev: empty(2), want: "start 3"},
+	}},
 	{"review 3: a new generation whose exit is stepped before its ready is never promoted", seq(serving1, []step{
 		{ev: reload(w1), want: "checks 2"},
 		{ev: checked(2, nil), want: "start 2"},

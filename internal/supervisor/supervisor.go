@@ -255,6 +255,7 @@ type adoptedInstance struct {
 	leftover bool // starting when its supervisor died: the machine kills it
 	// stopPending: draining, its stop signal not sent yet (cutover)
 	stopPending bool
+	refused     bool // refused and held when its supervisor died: the machine kills it
 }
 
 // runLoop is Run's own state: the machine and what performs its actions.
@@ -310,7 +311,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	start := Event{Kind: EvStart, LastGen: adopted.lastGen}
 	for _, a := range adopted.gens {
 		l.insts[a.in.Gen] = a.in
-		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline, Leftover: a.leftover, StopPending: a.stopPending})
+		start.Adopted = append(start.Adopted, AdoptedGen{Gen: a.in.Gen, PID: a.in.PID, Draining: a.draining, Deadline: a.deadline, Leftover: a.leftover, StopPending: a.stopPending, Refused: a.refused})
 	}
 	s.post(start)
 	for _, a := range adopted.gens {

@@ -118,7 +118,7 @@ func (f *fakeProcesses) layer() processLayer {
 		adopt: func() adoption {
 			out := adoption{lastGen: f.lastGen}
 			for _, a := range f.adopted {
-				out.gens = append(out.gens, adoptedInstance{in: f.instance(a.Gen, a.PID, true), draining: a.Draining, deadline: a.Deadline, leftover: a.Leftover, stopPending: a.StopPending})
+				out.gens = append(out.gens, adoptedInstance{in: f.instance(a.Gen, a.PID, true), draining: a.Draining, deadline: a.Deadline, leftover: a.Leftover, stopPending: a.StopPending, refused: a.Refused})
 			}
 			return out
 		},
