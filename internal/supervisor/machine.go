@@ -269,7 +269,17 @@ type gen struct {
 	stopped   time.Time // when its stop signal was decided (stDraining)
 	cutover   bool      // its stop signal waits for EvCutOver (machine_steering.go)
 	held      bool      // refused for a shadowing address: held (ActHold) until ActRelease
+	refused   bool      // refused for a shadowing address and held (the state file says so)
 	status    string    // how its main process ended
+}
+
+// stateName is g's state in the status and the state file: its stage's,
+// or StateRefused while its address is held (an adopter kills it).
+func (g *gen) stateName() string {
+	if g.held && g.stage == stDraining {
+		return StateRefused
+	}
+	return g.stage.String()
 }
 
 // deployStage is where the running deploy is.
@@ -350,6 +360,7 @@ func (m *machine) Step(ev Event) []Action {
 			g.listening = false
 			m.release(g)
 			m.handedOver(ev.Now, g)
+			m.refusedGone(ev.Now, g)
 		}
 	case EvGroupEmpty:
 		m.groupEmpty(ev)
@@ -496,6 +507,15 @@ func (m *machine) start(ev Event) {
 			// Nobody would ever promote it.
 			m.log(slog.LevelWarn, "killing leftover generation of a previous supervisor", KeyGeneration, g.n, KeyPID, g.pid)
 			g.stage = stFailed
+			m.kill(ev.Now, g)
+			continue
+		}
+		if a.Refused {
+			// Its hold's placeholders died with the previous supervisor:
+			// it now takes the address it shadows (machine_steering.go).
+			m.log(slog.LevelWarn, "killing a refused generation whose address a previous supervisor held: the hold died with it",
+				KeyGeneration, g.n, KeyPID, g.pid)
+			g.stage, g.refused = stFailed, true
 			m.kill(ev.Now, g)
 			continue
 		}
@@ -704,6 +724,11 @@ func (m *machine) retire(now time.Time, g *gen) {
 	m.emit(Action{Kind: ActSave}) // draining on disk before the signal: a supervisor killed now adopts it as such
 	m.emit(Action{Kind: ActStop, Gen: g.n, At: g.deadline})
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerDrain, g.n}, At: g.deadline})
+	if g.held {
+		// A refused generation keeps its address held until its listeners
+		// are gone: it gets refusedGrace to close them.
+		m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerHold, g.n}, At: now.Add(m.refusedGrace())})
+	}
 	m.emit(Action{Kind: ActNotify, Text: fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (m.cfg.DrainTimeout + 10*time.Second).Microseconds())})
 	m.watch(g)
 }
@@ -966,6 +991,8 @@ func (m *machine) timer(ev Event) {
 				KeyGeneration, g.n, KeyPID, g.pid, "waited", killGrace)
 			m.groupEmpty(Event{Kind: EvGroupEmpty, Now: ev.Now, Gen: g.n})
 		}
+	case TimerHold:
+		m.holdTimer(ev)
 	case TimerCutover:
 		if g := m.gen(ev.Timer.Gen); g != nil && g.cutover && !ev.Now.Before(g.deadline) {
 			m.log(slog.LevelWarn, "cutover not quiet by its deadline: sending the stop signal", KeyGeneration, g.n, KeyPID, g.pid)

@@ -27,16 +27,25 @@ import (
 //
 //   - A new generation that listens on an address shadowing a steered one
 //     (EvShadowing, shadow.go) fails as one that is not ready, but is not
-//     killed: the kill would reset what it accepted and queued. Its
-//     shadowing addresses are held (ActHold: their new connections go to a
-//     placeholder of the supervisor, whose full queue drops the SYN; the
-//     client retransmits it a second later), it gets its stop signal once
-//     its listeners there are quiet (EvCutOver, as an old generation's
-//     after a cutover; at the drain timeout at the latest), and the hold
-//     ends once its listeners are gone (ActRelease): the retransmitted SYNs
-//     then reach the steered address. The reload is answered once its
-//     group is empty. Where the address cannot be held (EvHoldFailed), it
-//     is killed, as before.
+//     killed at once: the kill would reset what it accepted and queued.
+//     Its shadowing addresses are held (ActHold: their new connections go
+//     to a placeholder of the supervisor, whose full queue drops the SYN;
+//     the client retransmits it 1 s, 3 s, 7 s later), it gets its stop
+//     signal once its listeners there are quiet (EvCutOver, as an old
+//     generation's after a cutover), and the hold ends once its listeners
+//     are gone (ActRelease): the retransmitted SYNs then reach the steered
+//     address. Every client of the held address waits while the hold
+//     lasts, for a generation that was never ready: refusedGrace bounds
+//     the quiet wait, and again the time its listeners may stay open after
+//     the stop signal (TimerHold), after which its group is SIGKILLed. The
+//     reload is answered once its listeners are gone (the port is back to
+//     the serving generation alone), and what it accepted drains to its
+//     drain deadline in the background. Where the address cannot be held
+//     (EvHoldFailed), it is killed, as before.
+//   - A supervisor killed during a hold takes the hold's placeholders
+//     with it, and the refused generation then gets the held address's
+//     connections: the state file records it as refused (StateRefused),
+//     and the supervisor that adopts it kills it at once (machine.start).
 //
 // Where the placeholders cannot join (another uid), the loop falls back
 // to the kernel path for that handover and reports EvCutOver at once: the
@@ -115,9 +124,9 @@ func (m *machine) refuseShadowing(ev Event) {
 	}
 	m.log(slog.LevelError, "generation refused; previous keeps serving; it is stopped once what it accepted is served",
 		KeyGeneration, d.gen, KeyError, ev.Err, KeyDuration, ev.Now.Sub(d.began).Round(time.Millisecond))
-	g.stage, g.cutover, g.held = stDraining, true, true
+	g.stage, g.cutover, g.held, g.refused = stDraining, true, true, true
 	g.stopped = ev.Now
-	g.deadline = ev.Now.Add(m.cfg.DrainTimeout) // the bound of the quiet wait, as for a cutover
+	g.deadline = ev.Now.Add(m.refusedGrace()) // the bound of the quiet wait: its address is held meanwhile
 	m.emit(Action{Kind: ActHold, Gen: g.n, At: g.deadline})
 	m.emit(Action{Kind: ActSave}) // draining with its stop pending: an adopting supervisor sends it
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerCutover, g.n}, At: g.deadline})
@@ -140,6 +149,48 @@ func (m *machine) holdFailed(ev Event) {
 	g.stage = stFailed
 	m.log(slog.LevelWarn, "cannot hold the refused generation's address: SIGKILL of its process group", KeyGeneration, g.n, KeyError, ev.Err)
 	m.kill(ev.Now, g)
+}
+
+// refusedGrace bounds each of the two waits of a held address: for the
+// refused generation's listeners there to be quiet, then for them to close
+// after its stop signal. While it lasts every new client of that address
+// waits (a dropped SYN, retransmitted 1 s, 3 s, 7 s later) for a
+// generation that was never ready, so the grace is short: long enough for
+// a server to serve what it queued at the refusal (a few milliseconds)
+// and to close its listeners at its stop signal; --drain-timeout where
+// that is shorter.
+const refusedGrace = time.Second
+
+func (m *machine) refusedGrace() time.Duration {
+	if m.cfg.DrainTimeout > 0 {
+		return min(refusedGrace, m.cfg.DrainTimeout)
+	}
+	return refusedGrace
+}
+
+// holdTimer handles TimerHold: the refused generation still listens
+// refusedGrace after its stop signal (retire set g.stopped; before it, the
+// cutover's wait is TimerCutover's), so its address is still held: its
+// group is SIGKILLed (what it still serves is lost; the hold ends once its
+// listeners are gone).
+func (m *machine) holdTimer(ev Event) {
+	g := m.gen(ev.Timer.Gen)
+	if g == nil || !g.held || g.cutover || !g.listening || g.empty || ev.Now.Before(g.stopped.Add(m.refusedGrace())) {
+		return
+	}
+	m.log(slog.LevelWarn, "refused generation still listens after its stop signal: SIGKILL of its process group, to end the hold of its address",
+		KeyGeneration, g.n, KeyPID, g.pid, "waited", m.refusedGrace())
+	m.kill(ev.Now, g)
+}
+
+// refusedGone answers the reload that g failed, refused for a shadowing
+// address, once its listeners are gone (the hold released): the port is
+// back to the serving generation alone, and a reload queued meanwhile can
+// begin. g finishes draining in the background.
+func (m *machine) refusedGone(now time.Time, g *gen) {
+	if d := m.deploy; d != nil && d.stage == dFailing && d.gen == g.n && g.refused && !g.empty {
+		m.concludeFailure(now)
+	}
 }
 
 // release ends the hold on g's shadowing addresses, if there is one.

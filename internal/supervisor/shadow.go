@@ -34,9 +34,14 @@ import (
 // left, and the retransmitted SYNs reach the steered address's group. The
 // cost is the answers it gave in the window between its listen and the
 // hold (about one poll, shadowPoll, and the hold's own setup), and a delay
-// of about a second for the clients that came during the hold. Where a
-// placeholder cannot join (another uid), it is killed as before
-// (EvHoldFailed).
+// of about a second for the clients that came during the hold. The hold
+// is short: refusedGrace (1 s) bounds the quiet wait, and again the time
+// its listeners may stay open after its stop signal, after which its group
+// is SIGKILLed (machine_steering.go). Where a placeholder cannot join
+// (another uid), it is killed as before (EvHoldFailed). A supervisor
+// SIGKILLed during a hold takes the placeholders with it: the refused
+// generation then gets the held address's connections until the next
+// supervisor adopts it, and kills it (StateRefused in the state file).
 //
 // Why not steer the shadowing group to the old generation instead (a
 // relay from the placeholder): the relay would have to reach the old

@@ -24,7 +24,8 @@ import (
 // by polling /proc since it is not our child, SIGKILL of its process group
 // after the drain deadline). Generations that were draining are adopted as
 // draining: they finish, and are SIGKILLed only at the absolute deadline
-// recorded for them.
+// recorded for them. A generation recorded as refused (a shadowing
+// generation whose address was held: machine_steering.go) is killed.
 //
 // The file is trusted only as far as loadState and proc.Verify allow: it
 // and its directory must belong to our user and be writable by no one else,
@@ -188,6 +189,10 @@ func (s *Supervisor) adoptFromState() adoption {
 		switch {
 		case best != nil && g.PID == best.PID:
 			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)})
+		case g.State == StateRefused:
+			// Held by the previous supervisor, whose placeholders died
+			// with it: the machine kills it (machine_steering.go).
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr), refused: true})
 		case g.State == StateDraining:
 			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
 			in.setState(StateDraining)

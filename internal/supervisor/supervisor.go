@@ -611,9 +611,10 @@ func (s *Supervisor) publish(l *runLoop) {
 		if in == nil {
 			continue
 		}
-		in.setState(g.stage.String())
+		state := g.stateName()
+		in.setState(state)
 		gs := GenStatus{
-			Generation: g.n, PID: in.PID, PGID: in.PGID, State: g.stage.String(), Started: in.Started,
+			Generation: g.n, PID: in.PID, PGID: in.PGID, State: state, Started: in.Started,
 			HealthAddr: in.HealthAddr, Path: in.Path, Adopted: in.Adopted, Exit: in.ExitStatus(),
 			Handover: l.steer.paths[g.n],
 		}
@@ -640,9 +641,9 @@ func (l *runLoop) stateFile() StateFile {
 		}
 		sg := StateGen{
 			Generation: g.n, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
-			Started: in.Started, State: g.stage.String(), HealthAddr: in.HealthAddr,
+			Started: in.Started, State: g.stateName(), HealthAddr: in.HealthAddr,
 		}
-		if g.stage == stDraining {
+		if g.stage == stDraining && !g.held {
 			sg.DrainDeadline, sg.StopPending = g.deadline, g.cutover
 		}
 		st.Generations = append(st.Generations, sg)
