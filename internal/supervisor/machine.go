@@ -1080,6 +1080,7 @@ const (
 	phaseWaitingReady                  // a deploy's process runs, not ready yet
 	phaseHandingOver                   // promoted; the old generation still has a listener open
 	phaseCuttingOver                   // promoted (steered); the old generation's stop signal waits for its listeners to be quiet
+	phaseHolding                       // a deploy was refused for a shadowing address (steered): its address is held until its listeners are gone
 	phaseDraining                      // one serves; older ones drain in the background
 	phaseServing                       // one serves, nothing else runs
 	phaseBackoff                       // nothing serves; a restart waits for its backoff
@@ -1087,7 +1088,7 @@ const (
 )
 
 func (p phase) String() string {
-	return [...]string{"?", "starting", "checking", "waiting-ready", "handing-over", "cutting-over", "draining", "serving", "backoff", "stopping"}[p]
+	return [...]string{"?", "starting", "checking", "waiting-ready", "handing-over", "cutting-over", "holding", "draining", "serving", "backoff", "stopping"}[p]
 }
 
 func (m *machine) phase() phase {
@@ -1098,7 +1099,12 @@ func (m *machine) phase() phase {
 		switch m.deploy.stage {
 		case dChecking:
 			return phaseChecking
-		case dStarting, dWaitReady, dFailing:
+		case dFailing:
+			if g := m.gen(m.deploy.gen); g != nil && g.held {
+				return phaseHolding
+			}
+			return phaseWaitingReady
+		case dStarting, dWaitReady:
 			return phaseWaitingReady
 		case dHandingOver:
 			if g := m.gen(m.deploy.old); g != nil && g.cutover {

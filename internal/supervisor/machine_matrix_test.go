@@ -42,6 +42,9 @@ var matrixSetups = []struct {
 		{ev: started(2), want: ""},
 		{ev: ready(2), want: "promote 2; cutover 2; timer cutover/1"},
 	}), 99, 2, 1},
+	// The refused generation is both the new one and the one whose stop
+	// signal waits (old): the events about it are the hold's.
+	{phaseHolding, seq(serving1, refused2), 2, 1, 2},
 	{phaseDraining, serving2draining1, 99, 2, 1},
 	{phaseServing, serving1, 99, 1, 99},
 	{phaseBackoff, seq(serving1, []step{
@@ -59,7 +62,7 @@ var matrixSetups = []struct {
 
 // steeredPhases are set up with the supervisor owning the steering
 // (machineConfig.Steered); the others with the kernel path.
-var steeredPhases = map[phase]bool{phaseCuttingOver: true}
+var steeredPhases = map[phase]bool{phaseCuttingOver: true, phaseHolding: true}
 
 // matrixEvents are the events of the matrix, made for a phase's roles.
 var matrixEvents = []struct {
@@ -90,6 +93,7 @@ var matrixEvents = []struct {
 	{"timer kill-grace old", func(_, _, o int) Event { return fire(TimerKillGrace, o) }},
 	{"timer slot", func(_, _, _ int) Event { return fire(TimerSlot, 0) }},
 	{"timer cutover old", func(_, _, o int) Event { return fire(TimerCutover, o) }},
+	{"timer hold old", func(_, _, o int) Event { return fire(TimerHold, o) }},
 	{"cut over old", func(_, _, o int) Event { return cutOver(o) }},
 	{"shadowing new", func(n, _, _ int) Event { return shadowing(n) }},
 	{"hold failed new", func(n, _, _ int) Event { return holdFailed(n) }},
@@ -342,6 +346,46 @@ var matrixCells = map[string]string{
 	"serving / timer cutover old":            "- → serving",
 	"backoff / timer cutover old":            "checks 3 → checking",
 	"stopping / timer cutover old":           "- → stopping",
+	// A refused generation's hold (machine_steering.go): the quiet wait and
+	// the wait for its listeners after its stop signal are its own timers;
+	// its reload is answered once its listeners are gone.
+	"starting / timer hold old":        "- → starting",
+	"checking / timer hold old":        "- → checking",
+	"waiting-ready / timer hold old":   "- → waiting-ready",
+	"handing-over / timer hold old":    "- → handing-over",
+	"cutting-over / timer hold old":    "- → cutting-over",
+	"holding / start":                  "- → holding",
+	"holding / reload":                 "- → holding",
+	"holding / stop":                   "answer 2 not-ready; unsteer; stop 2; timer drain/2; timer hold/2; stop 1; timer drain/1; watch 1 → stopping",
+	"holding / hurry":                  "answer 2 not-ready; unsteer; stop 2; timer drain/2; timer hold/2; stop 1; timer drain/1; watch 1; kill 1; timer kill-grace/1; kill 2; timer kill-grace/2 → stopping",
+	"holding / checked new":            "- → holding",
+	"holding / check refused new":      "- → holding",
+	"holding / started new":            "- → holding",
+	"holding / start failed new":       "- → holding",
+	"holding / ready new":              "- → holding",
+	"holding / not ready new":          "- → holding",
+	"holding / exited new":             "- → holding",
+	"holding / exited serving":         "unsteer; kill 1; timer kill-grace/1; watch 1 → holding",
+	"holding / exited old":             "- → holding",
+	"holding / listeners gone serving": "- → holding",
+	"holding / listeners gone old":     "release 2; answer 2 not-ready → draining",
+	"holding / listeners gone new":     "release 2; answer 2 not-ready → draining",
+	"holding / group empty new":        "release 2; answer 2 not-ready → serving",
+	"holding / group empty serving":    "unsteer → holding",
+	"holding / group empty old":        "release 2; answer 2 not-ready → serving",
+	"holding / timer backoff":          "- → holding",
+	"holding / timer drain old":        "kill 2; timer kill-grace/2 → holding",
+	"holding / timer kill-grace old":   "- → holding",
+	"holding / timer slot":             "- → holding",
+	"holding / timer cutover old":      "stop 2; timer drain/2; timer hold/2 → holding",
+	"holding / timer hold old":         "- → holding",
+	"holding / cut over old":           "stop 2; timer drain/2; timer hold/2 → holding",
+	"holding / shadowing new":          "- → holding",
+	"holding / hold failed new":        "release 2; kill 2; timer kill-grace/2 → waiting-ready",
+	"draining / timer hold old":        "- → draining",
+	"serving / timer hold old":         "- → serving",
+	"backoff / timer hold old":         "checks 3 → checking",
+	"stopping / timer hold old":        "- → stopping",
 }
 
 func TestMachineMatrix(t *testing.T) {

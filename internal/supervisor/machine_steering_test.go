@@ -80,7 +80,7 @@ var refused2 = []step{
 	{ev: reload(w1), want: "checks 2"},
 	{ev: checked(2, nil), want: "dark 2; start 2"},
 	{ev: started(2), want: ""},
-	{ev: shadowing(2), want: "hold 2; timer cutover/2; watch 2", phase: phaseWaitingReady},
+	{ev: shadowing(2), want: "hold 2; timer cutover/2; watch 2", phase: phaseHolding},
 }
 
 // shadowRows: a generation refused for a shadowing address (shadow.go)
@@ -97,7 +97,7 @@ var shadowRows = []struct {
 }{
 	{"held, stopped once quiet, released once its listeners are gone; the reload fails then, and it finishes draining in the background",
 		seq(serving1, refused2, []step{
-			{ev: cutOver(2), want: "stop 2; timer drain/2; timer hold/2", phase: phaseWaitingReady},
+			{ev: cutOver(2), want: "stop 2; timer drain/2; timer hold/2", phase: phaseHolding},
 			{ev: gone(2), want: "release 2; answer 2 not-ready", phase: phaseDraining},
 			{ev: fire(TimerHold, 2), after: time.Second, want: ""},
 			{ev: empty(2), want: "", phase: phaseServing},
