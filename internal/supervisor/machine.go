@@ -269,7 +269,7 @@ type gen struct {
 	stopped   time.Time // when its stop signal was decided (stDraining)
 	cutover   bool      // its stop signal waits for EvCutOver (machine_steering.go)
 	held      bool      // refused for a shadowing address: held (ActHold) until ActRelease
-	refused   bool      // refused for a shadowing address and held (the state file says so)
+	refused   bool      // refused for a shadowing address (its reload is answered once its listeners are gone), or adopted as such
 	status    string    // how its main process ended
 }
 

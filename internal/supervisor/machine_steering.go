@@ -128,7 +128,7 @@ func (m *machine) refuseShadowing(ev Event) {
 	g.stopped = ev.Now
 	g.deadline = ev.Now.Add(m.refusedGrace()) // the bound of the quiet wait: its address is held meanwhile
 	m.emit(Action{Kind: ActHold, Gen: g.n, At: g.deadline})
-	m.emit(Action{Kind: ActSave}) // draining with its stop pending: an adopting supervisor sends it
+	m.emit(Action{Kind: ActSave}) // refused while held: an adopting supervisor kills it
 	m.emit(Action{Kind: ActTimer, Timer: TimerID{TimerCutover, g.n}, At: g.deadline})
 	m.watch(g)
 	d.stage, d.err = dFailing, ev.Err
@@ -198,5 +198,6 @@ func (m *machine) release(g *gen) {
 	if g.held {
 		g.held = false
 		m.emit(Action{Kind: ActRelease, Gen: g.n})
+		m.emit(Action{Kind: ActSave}) // no longer refused on disk: draining, an adopter lets it finish
 	}
 }

@@ -3,6 +3,7 @@
 package supervisor
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -240,5 +241,12 @@ func TestStateFileDuringHold(t *testing.T) {
 	}
 	if g1 := state(1); g1 == nil || g1.State != StateServing {
 		t.Fatalf("generation 1 in the state file during the hold: %+v, want serving", g1)
+	}
+	// Its listeners gone, the hold released: what it accepted may finish.
+	if acts := m.Step(Event{Kind: EvListenersGone, Gen: 2, Now: now}); !slices.ContainsFunc(acts, func(a Action) bool { return a.Kind == ActSave }) {
+		t.Fatalf("the hold's release saves no state file: %v", acts)
+	}
+	if g2 := state(2); g2 == nil || g2.State != StateDraining || g2.DrainDeadline.IsZero() {
+		t.Fatalf("generation 2 in the state file once released: %+v, want draining with its deadline", g2)
 	}
 }
