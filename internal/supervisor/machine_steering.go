@@ -109,9 +109,10 @@ func (m *machine) unsteer() {
 
 // refuseShadowing handles EvShadowing: the starting generation listens on
 // an address that shadows a steered one. Its deploy fails (answered once
-// its group is empty); the generation is held and drains as an old one
-// after a cutover, its stop signal pending until EvCutOver. Not steered,
-// it is killed as any generation that is not ready.
+// its listeners are gone, refusedGone); the generation is held and drains
+// as an old one after a cutover, its stop signal pending until EvCutOver
+// (by refusedGrace). Not steered, it is killed as any generation that is
+// not ready.
 func (m *machine) refuseShadowing(ev Event) {
 	d := m.current(ev.Gen, dWaitReady)
 	if d == nil {
