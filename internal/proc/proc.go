@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -281,13 +282,21 @@ func CheckOwnNamespace() error {
 }
 
 // SocketHolders returns the live processes started at or after since (clock
-// ticks after boot) that hold one of the sockets inodes. A process that
-// inherited a socket from a process group and then left the group (setsid,
-// as a daemonizing server does) still holds the same socket, so the same
-// inode.
+// ticks after boot) that hold one of the listening sockets inodes. A
+// process that inherited a socket from a process group and then left the
+// group (setsid, as a daemonizing server does) still holds the same socket,
+// so the same inode. Only the sockets that still listen are looked for: a
+// closed one has no holder, and the scan reads every descriptor of every
+// process (tens of milliseconds past a server with 10,000 connections), so
+// it is skipped when none still listens (the usual case at a handover).
 func SocketHolders(inodes map[uint64]bool, since uint64) []int {
 	if len(inodes) == 0 {
 		return nil
+	}
+	if listening, err := ListeningSockets(); err == nil {
+		if !slices.ContainsFunc(listening, func(l Listener) bool { return inodes[l.Inode] }) {
+			return nil
+		}
 	}
 	all, err := pids()
 	if err != nil {
