@@ -96,15 +96,19 @@ func (st *steering) path(gen int) string {
 // each, as many as its connections: about 40 ms with 10,000 idle
 // keep-alive connections, and a handover asks for the serving
 // generation's listeners three times on the reload's path (before the
-// start, at the cutover, before the stop signal). So a generation's
-// descriptors are read once, as a rule when it is young (at its own
-// cutover, or its first handover), and later answers come from that read
-// and one sock_diag dump of the listening sockets: the ones it held that
-// still listen. That is exact while every listening socket in the dump is
+// start, at the cutover, before the stop signal), and the coverage check
+// at each of its polls. So a generation's descriptors are read once, as a
+// rule when it becomes ready and has no connection yet (waitReadyCovered:
+// the coverage check's read of the new generation, or that of one with
+// none before it), and later answers come from that read and one
+// sock_diag dump of the listening sockets: the ones it held that still
+// listen. That is exact while every listening socket in the dump is
 // accounted for: held by it then, listening elsewhere then, the
 // supervisor's own (placeholders, probes), or held by another generation
 // at its own read. A socket that none of these explains (a listener
-// opened since, by anyone) sends the answer to the descriptors again.
+// opened since, by anyone in the network namespace) sends the answer to
+// the descriptors again. Not seen: a socket that was listening elsewhere
+// at the read and was passed into the generation since (SCM_RIGHTS).
 func (st *steering) listenersOf(in *Instance) (map[netip.AddrPort][]reuseport.Socket, error) {
 	all, err := reuseport.ListeningSockets()
 	if err != nil {
