@@ -109,7 +109,7 @@ func (t *Target) Signal(sig unix.Signal, group bool) []int {
 		}
 		return []int{t.PID}
 	}
-	whole, pids := planGroupSignal(procFS{}, t.PID, t.Start)
+	whole, pids := planGroupSignal(procFS{}, t.PID, t.Start, 0)
 	if whole {
 		if err := KillGroup(t.PID, sig); err != nil {
 			return nil
@@ -156,7 +156,7 @@ func (t *Target) Members() []int {
 	if err := unix.Kill(-t.PID, 0); errors.Is(err, unix.ESRCH) {
 		return nil
 	}
-	_, pids := planGroupSignal(procFS{}, t.PID, t.Start)
+	_, pids := planGroupSignal(procFS{}, t.PID, t.Start, 0)
 	return pids
 }
 
@@ -211,7 +211,7 @@ func (procFS) Stat(pid int) (Stat, error) { return ReadStat(pid) }
 //     leader's group was forked after it started.
 //
 // A start time of 0 (not recorded) reaches nobody.
-func planGroupSignal(r procReader, pgid int, start uint64) (whole bool, pids []int) {
+func planGroupSignal(r procReader, pgid int, start, seen uint64) (whole bool, pids []int) {
 	if pgid <= 1 || start == 0 {
 		return false, nil
 	}

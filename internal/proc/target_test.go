@@ -40,6 +40,7 @@ func TestPlanGroupSignal(t *testing.T) {
 		name  string
 		procs fakeProc
 		start uint64
+		seen  uint64 // when the leader was last verified alive (0: never)
 		whole bool
 		pids  []int
 	}{
@@ -48,31 +49,38 @@ func TestPlanGroupSignal(t *testing.T) {
 			501: {PID: 501, State: 'S', PGID: 500, StartTime: 1001},
 			502: {PID: 502, State: 'Z', PGID: 500, StartTime: 1002},
 			600: {PID: 600, State: 'S', PGID: 600, StartTime: 1003},
-		}, start, true, []int{500, 501}},
+		}, start, 2000, true, []int{500, 501}},
 		{"leader PID reused by another process: nobody", fakeProc{
 			500: {PID: 500, State: 'S', PGID: 500, StartTime: 9000},
 			501: {PID: 501, State: 'S', PGID: 500, StartTime: 9001},
-		}, start, false, nil},
+		}, start, 2000, false, nil},
 		{"leader PID reused by a zombie: nobody", fakeProc{
 			500: {PID: 500, State: 'Z', PGID: 500, StartTime: 9000},
 			501: {PID: 501, State: 'S', PGID: 500, StartTime: 9001},
-		}, start, false, nil},
+		}, start, 2000, false, nil},
 		{"leader gone: members started at or after it", fakeProc{
 			499: {PID: 499, State: 'S', PGID: 500, StartTime: 999},
 			501: {PID: 501, State: 'S', PGID: 500, StartTime: 1000},
 			502: {PID: 502, State: 'S', PGID: 500, StartTime: 1500},
 			503: {PID: 503, State: 'S', PGID: 7, StartTime: 1500},
-		}, start, false, []int{501, 502}},
+		}, start, 2000, false, []int{501, 502}},
 		{"leader a zombie of ours: members started after it", fakeProc{
 			500: {PID: 500, State: 'Z', PGID: 500, StartTime: 1000},
 			501: {PID: 501, State: 'S', PGID: 500, StartTime: 1200},
-		}, start, false, []int{501}},
+		}, start, 2000, false, []int{501}},
+		{"leader gone, a member started after the leader was last seen alive: the number may be another group's (review 2: a daemon whose leader exited took it), nobody of it", fakeProc{
+			501: {PID: 501, State: 'S', PGID: 500, StartTime: 1500},
+			502: {PID: 502, State: 'S', PGID: 500, StartTime: 2500},
+		}, start, 2000, false, []int{501}},
+		{"leader gone, never seen alive since its start was recorded: nobody", fakeProc{
+			501: {PID: 501, State: 'S', PGID: 500, StartTime: 1500},
+		}, start, 0, false, nil},
 		{"no start time recorded: nobody", fakeProc{
 			500: {PID: 500, State: 'S', PGID: 500, StartTime: 1000},
-		}, 0, false, nil},
+		}, 0, 2000, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			whole, pids := planGroupSignal(tc.procs, pgid, tc.start)
+			whole, pids := planGroupSignal(tc.procs, pgid, tc.start, tc.seen)
 			if whole != tc.whole || !slices.Equal(pids, tc.pids) {
 				t.Errorf("planGroupSignal = %v %v, want %v %v", whole, pids, tc.whole, tc.pids)
 			}
