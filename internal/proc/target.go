@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,38 @@ type Target struct {
 	mu   sync.Mutex
 	fd   int  // pidfd of the leader; -1 if none (pidfd_open unsupported, or it failed)
 	gone bool // the leader is known to have exited
+	// seen: the last time (clock ticks after boot, as start times) the
+	// leader was verified alive as the recorded process; 0: never. Once
+	// the leader is gone, only members that started by then are its
+	// group's (see planGroupSignal).
+	seen uint64
+}
+
+// NowTicks is the time now in clock ticks after boot, the unit of
+// /proc/PID/stat's start times (0 if the clock cannot be read).
+func NowTicks() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano()) / uint64(time.Second/clkTck)
+}
+
+// Seen returns when the leader was last verified alive (clock ticks after
+// boot; 0: never): what a state file records, so that a later process
+// adopting the group knows which members are its own.
+func (t *Target) Seen() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen
+}
+
+// NoteSeen records that the leader was verified alive at ticks (a record
+// read from a state file, or a verification made elsewhere).
+func (t *Target) NoteSeen(ticks uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.seen = max(t.seen, ticks)
 }
 
 // NewTarget records pid, started at start. It opens a pidfd on it and
@@ -46,6 +79,11 @@ func NewTarget(pid int, start uint64) *Target {
 	}
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
+		if !errors.Is(err, unix.ENOSYS) || !Alive(pid, start) {
+			t.gone = true // no such process, or another one
+		} else {
+			t.seen = NowTicks() // no pidfd: verified in /proc
+		}
 		return t
 	}
 	if st, err := ReadStat(pid); err != nil || st.StartTime != start {
@@ -53,7 +91,7 @@ func NewTarget(pid int, start uint64) *Target {
 		t.gone = true
 		return t
 	}
-	t.fd = fd
+	t.fd, t.seen = fd, NowTicks()
 	return t
 }
 
@@ -63,6 +101,11 @@ func NewTarget(pid int, start uint64) *Target {
 func (t *Target) Close() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !t.gone && t.seen != 0 {
+		// Verified alive, and so until the exit the caller has just
+		// seen: a member forked before that is its group's.
+		t.seen = max(t.seen, NowTicks())
+	}
 	if t.fd >= 0 {
 		unix.Close(t.fd)
 		t.fd = -1
@@ -109,7 +152,7 @@ func (t *Target) Signal(sig unix.Signal, group bool) []int {
 		}
 		return []int{t.PID}
 	}
-	whole, pids := planGroupSignal(procFS{}, t.PID, t.Start, 0)
+	whole, pids := t.plan()
 	if whole {
 		if err := KillGroup(t.PID, sig); err != nil {
 			return nil
@@ -118,7 +161,7 @@ func (t *Target) Signal(sig unix.Signal, group bool) []int {
 	}
 	var sent []int
 	for _, pid := range pids {
-		if signalMember(pid, t.PID, t.Start, sig) == nil {
+		if signalMember(pid, t.PID, t.Start, t.Seen(), sig) == nil {
 			sent = append(sent, pid)
 		}
 	}
@@ -141,6 +184,7 @@ func (t *Target) SignalListed(sig unix.Signal, listed []int) []int {
 	if err != nil || leader.StartTime != t.Start || leader.PGID != t.PID || leader.State == 'Z' || leader.State == 'X' {
 		return t.Signal(sig, true)
 	}
+	t.NoteSeen(NowTicks())
 	if err := KillGroup(t.PID, sig); err != nil {
 		return nil
 	}
@@ -156,20 +200,20 @@ func (t *Target) Members() []int {
 	if err := unix.Kill(-t.PID, 0); errors.Is(err, unix.ESRCH) {
 		return nil
 	}
-	_, pids := planGroupSignal(procFS{}, t.PID, t.Start, 0)
+	_, pids := t.plan()
 	return pids
 }
 
 // signalMember sends sig to pid through a pidfd opened first, after
 // reading in /proc that it is still a live member of pgid started at or
 // after start: the pidfd names the process that was read.
-func signalMember(pid, pgid int, start uint64, sig unix.Signal) error {
+func signalMember(pid, pgid int, start, seen uint64, sig unix.Signal) error {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil && !errors.Is(err, unix.ENOSYS) {
 		return fmt.Errorf("pidfd of pid %d: %w", pid, err)
 	}
 	st, serr := ReadStat(pid)
-	if serr == nil && (st.PGID != pgid || st.StartTime < start || st.State == 'Z' || st.State == 'X') {
+	if serr == nil && (st.PGID != pgid || st.StartTime < start || st.StartTime > seen || st.State == 'Z' || st.State == 'X') {
 		serr = fmt.Errorf("%w: pid %d left process group %d or is another process", ErrNotRecorded, pid, pgid)
 	}
 	if serr != nil {
@@ -197,6 +241,16 @@ func (procFS) PIDs() ([]int, error)       { return pids() }
 func (procFS) Stat(pid int) (Stat, error) { return ReadStat(pid) }
 
 // planGroupSignal decides who a signal to the group led by the process
+// plan is planGroupSignal for t now; a leader verified alive is noted seen.
+func (t *Target) plan() (whole bool, pids []int) {
+	now := NowTicks()
+	whole, pids = planGroupSignal(procFS{}, t.PID, t.Start, t.Seen())
+	if whole {
+		t.NoteSeen(now)
+	}
+	return whole, pids
+}
+
 // recorded as pgid, started at start, may reach:
 //
 //   - the process at PID pgid is the recorded one (start time and group,
@@ -207,8 +261,14 @@ func (procFS) Stat(pid int) (Stat, error) { return ReadStat(pid) }
 //     gone (the kernel keeps a group's number while it has a member):
 //     nobody;
 //   - no process at PID pgid: the leader is gone. The members still in the
-//     group that started at or after start: a process of the recorded
-//     leader's group was forked after it started.
+//     group that started at or after start, and at or before seen, when
+//     the leader was last verified alive: a process of the recorded
+//     leader's group was forked after it started and before it died. One
+//     that started later is not known to be ours: once every process of
+//     the recorded group has gone, the number can be reused by another
+//     process that makes a group of its own and exits, leaving members
+//     (a daemon's setsid and fork), and those started after our leader.
+//     A seen of 0 (never verified) reaches nobody of a leaderless group.
 //
 // A start time of 0 (not recorded) reaches nobody.
 func planGroupSignal(r procReader, pgid int, start, seen uint64) (whole bool, pids []int) {
@@ -233,7 +293,7 @@ func planGroupSignal(r procReader, pgid int, start, seen uint64) (whole bool, pi
 		if err != nil || st.PGID != pgid || st.State == 'Z' || st.State == 'X' {
 			continue
 		}
-		if whole || st.StartTime >= start {
+		if whole || st.StartTime >= start && st.StartTime <= seen {
 			pids = append(pids, pid)
 		}
 	}

@@ -643,7 +643,7 @@ func killGroupAndWait(in *Instance) {
 
 // adopt builds an Instance for a process started by an earlier supervisor;
 // its exit is detected by polling /proc.
-func adopt(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
+func adopt(gen, pid, pgid int, ticks, seen uint64, haddr string) *Instance {
 	in := &Instance{
 		Gen: gen, PID: pid, PGID: pgid, StartTicks: ticks, HealthAddr: haddr, Adopted: true,
 		Started: proc.StartWallTime(ticks), state: StateServing,
@@ -653,6 +653,7 @@ func adopt(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
 	// Called where the process was just verified; the pidfd is opened now
 	// and names it from here on, however long a new instance takes.
 	in.target = proc.NewTarget(pid, ticks)
+	in.target.NoteSeen(seen)
 	go func() {
 		for proc.Alive(pid, ticks) {
 			time.Sleep(50 * time.Millisecond)
@@ -664,6 +665,15 @@ func adopt(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
 		close(in.done)
 	}()
 	return in
+}
+
+// leaderSeen is when its leader was last verified alive (0: unknown), for
+// the state file.
+func (in *Instance) leaderSeen() uint64 {
+	if in.target == nil {
+		return 0
+	}
+	return in.target.Seen()
 }
 
 // closeNotify removes the instance's notify socket.

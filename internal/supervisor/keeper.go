@@ -151,7 +151,7 @@ func keepGeneration(g StateGen, log *slog.Logger) bool {
 			KeyGeneration, g.Generation, KeyPID, g.PID, "pgid", g.PGID)
 		return false
 	}
-	in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
+	in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
 	if in == nil {
 		why := "its process group is empty"
 		if st, err := proc.ReadStat(g.PID); err == nil && st.StartTime != g.StartTicks {

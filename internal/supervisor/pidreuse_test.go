@@ -69,7 +69,7 @@ func TestStopNeverSignalsReusedGroup(t *testing.T) {
 		// The recorded leader started earlier than the process now at
 		// its PID, which leads a group of that number: a reused PID.
 		pid, ticks := startVictim(t)
-		in := adopt(1, pid, pid, ticks-1, "")
+		in := adopt(1, pid, pid, ticks-1, proc.NowTicks(), "")
 		stopAll(in)
 		time.Sleep(100 * time.Millisecond)
 		if !proc.Alive(pid, ticks) {
@@ -80,7 +80,7 @@ func TestStopNeverSignalsReusedGroup(t *testing.T) {
 		// A member that started before the recorded leader cannot be
 		// one of its processes: the group number was reused.
 		pgid, _, member, memberTicks := orphanMember(t)
-		in := adopt(1, int(pgid), int(pgid), memberTicks+1, "")
+		in := adopt(1, int(pgid), int(pgid), memberTicks+1, proc.NowTicks(), "")
 		stopAll(in)
 		time.Sleep(100 * time.Millisecond)
 		if !proc.Alive(member, memberTicks) {
@@ -89,10 +89,26 @@ func TestStopNeverSignalsReusedGroup(t *testing.T) {
 	})
 	t.Run("leader gone, member of ours", func(t *testing.T) {
 		pgid, leaderTicks, member, memberTicks := orphanMember(t)
-		in := adopt(1, int(pgid), int(pgid), leaderTicks, "")
+		// The leader was last seen alive after the member started (the
+		// state file records when): the member is ours.
+		in := adopt(1, int(pgid), int(pgid), leaderTicks, memberTicks, "")
 		killGroupAndWait(in)
 		if proc.Alive(member, memberTicks) {
 			t.Errorf("pid %d, left in group %d by its recorded leader, survived its kill", member, pgid)
+		}
+	})
+	t.Run("leader gone, member started after the leader was last seen alive", func(t *testing.T) {
+		// Review 2: once every process of the recorded group has gone,
+		// its number can be taken by a daemon (setsid, fork, its leader
+		// exits), whose members all started after the recorded leader.
+		// Only members started by the time the leader was last seen
+		// alive are known to be its.
+		pgid, leaderTicks, member, memberTicks := orphanMember(t)
+		in := adopt(1, int(pgid), int(pgid), leaderTicks, memberTicks-1, "")
+		stopAll(in)
+		time.Sleep(100 * time.Millisecond)
+		if !proc.Alive(member, memberTicks) {
+			t.Errorf("pid %d, started after the recorded leader of group %d was last seen alive, was signalled", member, pgid)
 		}
 	})
 }

@@ -74,6 +74,12 @@ type StateGen struct {
 	// while /proc shows that PID with that start time.
 	KeeperPID        int    `json:"keeper_pid,omitempty"`
 	KeeperStartTicks uint64 `json:"keeper_start_ticks,omitempty"`
+	// LeaderSeenTicks is when the leader was last verified alive (clock
+	// ticks after boot, as StartTicks). Once it is gone, only the members
+	// of its group that started by then are signalled: the group's number
+	// may since have been taken by another group (see proc.Target). Zero
+	// (a state file of an earlier release): none of a leaderless group.
+	LeaderSeenTicks uint64 `json:"leader_seen_ticks,omitempty"`
 }
 
 // keeperAlive reports whether the drain keeper recorded for g still runs.
@@ -188,18 +194,18 @@ func (s *Supervisor) adoptFromState() adoption {
 	for _, g := range ours {
 		switch {
 		case best != nil && g.PID == best.PID:
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)})
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)})
 		case g.State == StateRefused:
 			// Held by the previous supervisor, whose placeholders died
 			// with it: the machine kills it (machine_steering.go).
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr), refused: true})
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr), refused: true})
 		case g.State == StateDraining:
-			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
+			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
 			in.setState(StateDraining)
 			in.setDrainDeadline(g.DrainDeadline)
 			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline, stopPending: g.StopPending})
 		default:
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr), leftover: true})
+			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr), leftover: true})
 		}
 	}
 	return out

@@ -642,6 +642,7 @@ func (l *runLoop) stateFile() StateFile {
 		sg := StateGen{
 			Generation: g.n, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
 			Started: in.Started, State: g.stateName(), HealthAddr: in.HealthAddr,
+			LeaderSeenTicks: in.leaderSeen(),
 		}
 		if g.stage == stDraining && !g.held {
 			sg.DrainDeadline, sg.StopPending = g.deadline, g.cutover

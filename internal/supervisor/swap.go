@@ -74,6 +74,7 @@ type pidRecord struct {
 	PID    int
 	PGID   int    // recorded process group; 0: not recorded
 	Ticks  uint64 // recorded start time; 0: not recorded (unverifiable)
+	Seen   uint64 // when its leader was last verified alive (StateGen.LeaderSeenTicks)
 	Gen    int
 	Health string
 	Legacy bool   // "PID STARTTIME [GEN [ADDR]]", written by releases before the state file
@@ -152,7 +153,7 @@ func readSwapRecord(pidfile string) (*pidRecord, error) {
 		r.MaxGen = max(r.MaxGen, g.Generation)
 		if g.PID == r.PID && !found {
 			found = true
-			r.PGID, r.Ticks, r.Gen, r.Health = g.PGID, g.StartTicks, g.Generation, g.HealthAddr
+			r.PGID, r.Ticks, r.Gen, r.Health, r.Seen = g.PGID, g.StartTicks, g.Generation, g.HealthAddr, g.LeaderSeenTicks
 			if r.Ticks == 0 {
 				r.Why = "its state records no start time"
 			}
@@ -479,7 +480,7 @@ func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, 
 		// have left its server serving in the group: retire those of its
 		// members that are ours (see proc.Target).
 		if rec.Ticks != 0 && rec.PGID == rec.PID && rec.PGID != unix.Getpgrp() {
-			if old := adoptRecorded(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Health); old != nil {
+			if old := adoptRecorded(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Seen, rec.Health); old != nil {
 				log.Warn("pidfile names a process that has exited, but its process group still runs: retiring the group",
 					"pidfile", cfg.Pidfile, KeyPID, rec.PID, "pids", old.target.Members())
 				return old, gen, nil
@@ -501,7 +502,7 @@ func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, 
 				log.Info("pidfile of the previous format (PID STARTTIME GENERATION HEALTH_ADDR) verified: migrating it to the PID alone, with a state file beside it",
 					"pidfile", cfg.Pidfile, "state", SwapStatePath(cfg.Pidfile), KeyPID, rec.PID)
 			}
-			old := adopt(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Health)
+			old := adopt(rec.Gen, rec.PID, rec.PGID, rec.Ticks, rec.Seen, rec.Health)
 			if rec.PGID != rec.PID || rec.PGID == unix.Getpgrp() {
 				old.PGID = 0 // not a group of its own: signal the PID alone
 			}
@@ -513,7 +514,7 @@ func swapOld(cfg SwapConfig, rec *pidRecord, log *slog.Logger) (*Instance, int, 
 			ErrUsage, cfg.Pidfile, rec.PID, rec.Why)
 	}
 	log.Warn("taking over from a pidfile swap cannot verify (--takeover)", "pidfile", cfg.Pidfile, KeyPID, rec.PID, "reason", rec.Why)
-	old := adopt(rec.Gen, rec.PID, st.PGID, st.StartTime, rec.Health)
+	old := adopt(rec.Gen, rec.PID, st.PGID, st.StartTime, 0, rec.Health)
 	if st.PGID != rec.PID || st.PGID == unix.Getpgrp() {
 		old.PGID = 0
 	}
@@ -537,7 +538,7 @@ func swapOthers(cfg SwapConfig, rec *pidRecord, log *slog.Logger) []*Instance {
 				"pidfile", cfg.Pidfile, KeyGeneration, g.Generation, KeyPID, g.PID)
 			continue
 		}
-		in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.HealthAddr)
+		in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
 		if in == nil {
 			continue
 		}
@@ -563,11 +564,11 @@ func swapOthers(cfg SwapConfig, rec *pidRecord, log *slog.Logger) []*Instance {
 // adoptRecorded adopts a recorded generation if its process group still
 // has processes of ours: its leader verified in /proc, or, the leader gone,
 // members that started after it (see proc.Target). Nil: nothing to retire.
-func adoptRecorded(gen, pid, pgid int, ticks uint64, haddr string) *Instance {
+func adoptRecorded(gen, pid, pgid int, ticks, seen uint64, haddr string) *Instance {
 	if pid <= 1 || pgid != pid || ticks == 0 {
 		return nil
 	}
-	in := adopt(gen, pid, pgid, ticks, haddr)
+	in := adopt(gen, pid, pgid, ticks, seen, haddr)
 	if in.groupEmpty() {
 		in.target.Close()
 		return nil
@@ -591,7 +592,7 @@ func drainUntil(in *Instance, deadline time.Time) bool {
 // swapGen is the state of an instance in a swap state file.
 func swapGen(in *Instance, state string) StateGen {
 	return StateGen{Generation: in.Gen, PID: in.PID, PGID: in.PGID, StartTicks: in.StartTicks,
-		Started: in.Started, State: state, HealthAddr: in.HealthAddr}
+		Started: in.Started, State: state, HealthAddr: in.HealthAddr, LeaderSeenTicks: in.leaderSeen()}
 }
 
 // writeSwapState writes the state file beside pidfile.
