@@ -4,9 +4,14 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,3 +103,55 @@ func TestSwapRetiresDrainingFromState(t *testing.T) {
 }
 
 func syscallKill(pid int) error { return unix.Kill(pid, unix.SIGKILL) }
+
+// TestSwapSendsAPendingStop (review 2): a swap killed during its cutover
+// (the old generation already recorded as draining, its stop signal not
+// sent yet) left it serving; the next swap let it "drain" to its deadline
+// and then SIGKILLed it while it still listened, resetting what it had
+// queued. The state file says its stop is pending, and the next swap
+// sends it.
+func TestSwapSendsAPendingStop(t *testing.T) {
+	pidfile := filepath.Join(t.TempDir(), "a.pid")
+	serving, servingTicks := startVictim(t)
+	unstopped, unstoppedTicks := startVictim(t)
+	if err := writeSwapState(pidfile, []StateGen{
+		{Generation: 2, PID: serving, PGID: serving, StartTicks: servingTicks, State: StateServing},
+		{Generation: 1, PID: unstopped, PGID: unstopped, StartTicks: unstoppedTicks, State: StateDraining,
+			DrainDeadline: time.Now().Add(20 * time.Second), StopPending: true, LeaderSeenTicks: proc.NowTicks()},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pidfile, []byte(strconv.Itoa(serving)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	cfg := sleepSwap(t, pidfile)
+	cfg.Log = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if _, err := Swap(ctx, cfg); err != nil {
+		t.Fatalf("swap: %v", err)
+	}
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if !strings.Contains(out, fmt.Sprintf("msg=\"stop signal sent\" generation=1 pid=%d", unstopped)) {
+		t.Errorf("generation 1, whose stop was pending, got no stop signal; log:\n%s", out)
+	}
+	if strings.Contains(out, "generation=1") && strings.Contains(out, "killed=true") {
+		t.Errorf("generation 1 was SIGKILLed rather than stopped; log:\n%s", out)
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
