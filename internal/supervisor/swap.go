@@ -289,8 +289,11 @@ func Swap(ctx context.Context, cfg SwapConfig) (*SwapResult, error) {
 	}
 	gens := []StateGen{swapGen(in, StateServing)}
 	if old != nil {
+		// Draining with its stop pending until the stop signal has gone
+		// (the final state write): a swap killed during the cutover
+		// leaves the next one to send it.
 		draining := swapGen(old, StateDraining)
-		draining.DrainDeadline = time.Now().Add(l.DrainTimeout)
+		draining.DrainDeadline, draining.StopPending = time.Now().Add(l.DrainTimeout), true
 		gens = append(gens, draining)
 	}
 	for _, o := range others {
@@ -543,6 +546,16 @@ func swapOthers(cfg SwapConfig, rec *pidRecord, log *slog.Logger) []*Instance {
 			continue
 		}
 		if g.State != StateDraining {
+			out = append(out, in)
+			continue
+		}
+		if g.StopPending {
+			// A swap killed during its cutover: this generation was
+			// never told to stop. It gets its stop signal after this
+			// swap's cutover, as a serving one would, and its drain
+			// deadline counts from then.
+			log.Warn("state file names a generation whose stop signal a killed swap never sent: it gets it after the handover",
+				"pidfile", cfg.Pidfile, KeyGeneration, g.Generation, KeyPID, g.PID)
 			out = append(out, in)
 			continue
 		}
