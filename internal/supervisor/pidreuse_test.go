@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"log/slog"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,4 +112,28 @@ func TestStopNeverSignalsReusedGroup(t *testing.T) {
 			t.Errorf("pid %d, started after the recorded leader of group %d was last seen alive, was signalled", member, pgid)
 		}
 	})
+}
+
+// TestAdoptsLeaderlessRefusedGroup (review 2): a refused generation held
+// when its supervisor died, whose leader had exited (a wrapper: sh -c
+// 'server & wait', its sh killed at the stop signal) while its server
+// still ran, was not adopted (the state reader wanted a live leader) and
+// served the shadowing address for ever. Its members that started by the
+// time its leader was last seen alive are adopted, to be killed.
+func TestAdoptsLeaderlessRefusedGroup(t *testing.T) {
+	pgid, leaderTicks, member, memberTicks := orphanMember(t)
+	path := filepath.Join(t.TempDir(), "run.state")
+	s := New(Config{Name: "t", StateFile: path})
+	s.saveState(StateFile{Name: "t", Generations: []StateGen{{
+		Generation: 2, PID: int(pgid), PGID: int(pgid), StartTicks: leaderTicks, State: StateRefused,
+		LeaderSeenTicks: memberTicks,
+	}}})
+	got := s.adoptFromState()
+	if len(got.gens) != 1 || !got.gens[0].refused {
+		t.Fatalf("adopted %+v, want generation 2 as refused (its member pid %d still runs)", got.gens, member)
+	}
+	killGroupAndWait(got.gens[0].in)
+	if proc.Alive(member, memberTicks) {
+		t.Errorf("pid %d, the refused generation's server, survived the kill of its adopted group", member)
+	}
 }
