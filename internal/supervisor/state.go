@@ -175,15 +175,36 @@ func (s *Supervisor) adoptFromState() adoption {
 	}
 	var best *StateGen
 	var ours []StateGen
+	var leaderless []*Instance // by index into ours; nil: its leader runs
 	for _, g := range st.Generations {
 		if err := g.verify(); err != nil {
 			if !errors.Is(err, proc.ErrNoProcess) {
 				s.log.Warn("state file names a process that is not the recorded one; never signalling it",
 					KeyGeneration, g.Generation, KeyPID, g.PID, KeyError, err)
+				continue
 			}
+			// Its leader has exited; members of its group that are
+			// ours (see proc.Target) may still run: a wrapper's server.
+			in := adoptRecorded(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
+			if in == nil {
+				continue
+			}
+			s.log.Warn("state file names a generation whose leader has exited while its process group still runs: adopting the group",
+				KeyGeneration, g.Generation, KeyPID, g.PID, "pids", in.target.Members())
+			if g.State == StateServing {
+				g.State = StateStarting // no leader to serve as: a leftover, killed
+			}
+			ours, leaderless = append(ours, g), append(leaderless, in)
 			continue
 		}
-		ours = append(ours, g)
+		ours, leaderless = append(ours, g), append(leaderless, nil)
+	}
+	adoptOne := func(i int) *Instance {
+		if in := leaderless[i]; in != nil {
+			return in
+		}
+		g := ours[i]
+		return adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
 	}
 	for i, g := range ours {
 		if g.State == StateServing && (best == nil || g.Generation > best.Generation) {
@@ -191,21 +212,21 @@ func (s *Supervisor) adoptFromState() adoption {
 		}
 	}
 	out := adoption{lastGen: max(st.LastGeneration, 0)}
-	for _, g := range ours {
+	for i, g := range ours {
 		switch {
 		case best != nil && g.PID == best.PID:
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)})
+			out.gens = append(out.gens, adoptedInstance{in: adoptOne(i)})
 		case g.State == StateRefused:
 			// Held by the previous supervisor, whose placeholders died
 			// with it: the machine kills it (machine_steering.go).
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr), refused: true})
+			out.gens = append(out.gens, adoptedInstance{in: adoptOne(i), refused: true})
 		case g.State == StateDraining:
-			in := adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr)
+			in := adoptOne(i)
 			in.setState(StateDraining)
 			in.setDrainDeadline(g.DrainDeadline)
 			out.gens = append(out.gens, adoptedInstance{in: in, draining: true, deadline: g.DrainDeadline, stopPending: g.StopPending})
 		default:
-			out.gens = append(out.gens, adoptedInstance{in: adopt(g.Generation, g.PID, g.PGID, g.StartTicks, g.LeaderSeenTicks, g.HealthAddr), leftover: true})
+			out.gens = append(out.gens, adoptedInstance{in: adoptOne(i), leftover: true})
 		}
 	}
 	return out
