@@ -34,6 +34,7 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{"run missing command", []string{"run", "--control", sock, "--", "/nonexistent/server"}, 1, "/nonexistent/server"},
 		{"run check refuses generation 1", []string{"run", "--control", sock, "--check", "echo nope >&2; exit 3", "--", "/bin/sh"}, 5, "nope"},
 		{"run bad log level", []string{"run", "--log-level", "loud", "--", "true"}, 2, `"loud"`},
+		{"run log level slog would parse", []string{"run", "--log-level", "ERROR+8", "--", "true"}, 2, `"ERROR+8"`},
 		{"run error logs only", []string{"run", "--log-level", "error", "--control", sock, "--check", "false", "--", "/bin/sh"}, 5, "generation failed"},
 		{"run json logs", []string{"run", "--log-format", "json", "--control", sock, "--check", "false", "--", "/bin/sh"}, 5, `"msg":"generation failed"`},
 		{"swap without pidfile", []string{"swap", "--", "true"}, 2, "--pidfile is required"},
