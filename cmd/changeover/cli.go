@@ -119,8 +119,9 @@ func durationFlag(fs *flag.FlagSet, name string, def time.Duration, help string)
 
 // newLogger returns a slog logger in the given format.
 func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
+	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+	lv, ok := levels[strings.ToLower(level)]
+	if !ok {
 		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}

@@ -165,9 +165,13 @@ func keepGeneration(g StateGen, log *slog.Logger) bool {
 	log.Info("drain keeper: watching a draining generation until its deadline", KeyGeneration, g.Generation, KeyPID, g.PID,
 		"drain_deadline", g.DrainDeadline)
 	start := time.Now()
+	// The recorded deadline is wall-clock time; from here on it is kept
+	// on the monotonic clock, so that a step of the system clock neither
+	// brings the kill forward nor puts it off.
+	deadline := start.Add(time.Until(g.DrainDeadline))
 	killed := false
 	for !in.groupEmpty() {
-		wait := time.Until(g.DrainDeadline)
+		wait := time.Until(deadline)
 		if wait <= 0 {
 			log.Warn("drain deadline passed: killing the process group", KeyGeneration, g.Generation, KeyPID, g.PID,
 				"pids", in.target.Members(), "drain_deadline", g.DrainDeadline)

@@ -198,7 +198,9 @@ func (m *machine) refusedGone(now time.Time, g *gen) {
 func (m *machine) release(g *gen) {
 	if g.held {
 		g.held = false
+		// On disk first, no longer refused (its listeners are gone): a
+		// supervisor killed between the two lets it finish its drain.
+		m.emit(Action{Kind: ActSave})
 		m.emit(Action{Kind: ActRelease, Gen: g.n})
-		m.emit(Action{Kind: ActSave}) // no longer refused on disk: draining, an adopter lets it finish
 	}
 }
