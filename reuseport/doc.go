@@ -107,7 +107,12 @@
 // block is unknown (a generation's listeners appearing at once), which is
 // enough to target a whole generation. Each placeholder is checked against
 // the model when it joins: a connection of the supervisor's own, routed to
-// the slot the model gives it, must reach its queue. That connection stays
+// the slot the model gives it, must reach its queue. It goes to an address
+// that no other listener of the port takes first (the kernel's listener
+// lookup prefers the most specific address, before any program runs:
+// [Socket.Shadows]): the group's own address, or for a wildcard one the
+// first of 127.0.0.1, 127.0.0.2, ... that no listener of the port is bound
+// to (nginx's "listen 80; listen 127.0.0.1:80;"), then ::1. That connection stays
 // queued, so the placeholder's queue is full: a client SYN that reaches a
 // placeholder anyway (a steered member that crashes) is dropped and
 // retransmitted a second later, where the program then sends it, instead
@@ -124,7 +129,9 @@
 // is spread over the remaining members by the hash, ignoring the program,
 // so placeholders can receive such connections; with the listeners bound to
 // a device, placeholders are not plugged (a loopback connection cannot reach
-// them).
+// them); where other listeners of the port take every such address first
+// (a v6only [::] group beside [::1]), a placeholder cannot be added: the
+// call returns an error at once.
 //
 // Everything but Control and ListenConfig is Linux-only; elsewhere it returns
 // an error that matches [ErrNotSupported].

@@ -691,7 +691,10 @@ func (g *Group) plug(p *placeholder, slot int) error {
 // connectPlug connects from a port of ours, routed to slot, and waits for
 // the connection to reach p's accept queue.
 func (g *Group) connectPlug(p *placeholder, slot int, serving, probe []uint32) error {
-	src, dst := g.plugAddrs()
+	src, dst, err := g.plugAddrs()
+	if err != nil {
+		return err
+	}
 	fd, port, err := boundSocket(src)
 	if err != nil {
 		return err
@@ -740,6 +743,10 @@ func (g *Group) locate(b *block) error {
 	if err != nil {
 		return err
 	}
+	src, dst, err := g.plugAddrs()
+	if err != nil {
+		return err
+	}
 	// A listener's queue takes connections while it holds no more than
 	// its backlog (sk_acceptq_is_full is ack_backlog > max_ack_backlog):
 	// a backlog equal to the queue length leaves room for exactly one.
@@ -757,7 +764,6 @@ func (g *Group) locate(b *block) error {
 	}
 	found := map[int]uint64{}
 	for _, slot := range b.pos {
-		src, dst := g.plugAddrs()
 		fd, port, err := boundSocket(src)
 		if err != nil {
 			return err
@@ -873,19 +879,80 @@ func (g *Group) openPlaceholder() (*placeholder, error) {
 	return &placeholder{fd: fd, ino: st.Ino}, nil
 }
 
-// plugAddrs returns the source and destination of a plug connection: the
-// group's own address, or loopback for a wildcard one. A dual-stack
-// listener gets it over IPv4.
-func (g *Group) plugAddrs() (src, dst netip.Addr) {
-	a := g.addr.Addr().Unmap()
-	if !a.IsUnspecified() {
-		return a, a
+// loopbackIfindex is LOOPBACK_IFINDEX (include/net/flow.h): lo is
+// interface 1 in every network namespace.
+const loopbackIfindex = 1
+
+// plugAddrs returns the source and destination of a plug connection: an
+// address whose connections to the group's port the kernel gives to this
+// group, and to no other listener of the port. Its listener lookup picks a
+// group before any steering program runs, the most specific first
+// (Socket.Shadows): beside a listener on 127.0.0.1:P (nginx's "listen 80;
+// listen 127.0.0.1:80;"), a plug to 127.0.0.1:P for a group on 0.0.0.0:P
+// reaches that listener, never the placeholder. So the destination is the
+// group's own address if it is specific; for a wildcard, the first of
+// 127.0.0.1, 127.0.0.2, ... (the whole of 127.0.0.0/8 is local, on lo)
+// that no other listener of the port takes ahead of the group (read from
+// the listening sockets now), and ::1 for an IPv6 group where none is,
+// or where the group takes no IPv4. The source is the destination. An
+// error says that every such address is taken by another listener first.
+func (g *Group) plugAddrs() (src, dst netip.Addr, err error) {
+	self := g.socket()
+	all, err := ListeningSockets()
+	if err != nil {
+		return netip.Addr{}, netip.Addr{}, err
 	}
-	if g.key.Family == unix.AF_INET || !g.key.V6Only {
-		lo := netip.MustParseAddr("127.0.0.1")
-		return lo, lo
+	var others []Socket
+	for _, s := range all {
+		if s.Addr.Port() == g.addr.Port() && !s.SameGroup(self) && (s.Dev == 0 || s.Dev == loopbackIfindex) {
+			others = append(others, s)
+		}
 	}
-	return netip.IPv6Loopback(), netip.IPv6Loopback()
+	// ours: a connection to d reaches the group: the group takes it, and
+	// every other listener that takes it comes after the group.
+	ours := func(d netip.Addr) bool {
+		conn := Socket{Addr: netip.AddrPortFrom(d, g.addr.Port()), V6Only: d.Is6()}
+		if !self.Overlaps(conn) {
+			return false
+		}
+		for _, s := range others {
+			if s.Overlaps(conn) && !self.Shadows(s) {
+				return false
+			}
+		}
+		return true
+	}
+	var candidates []netip.Addr
+	if a := g.addr.Addr().Unmap(); !a.IsUnspecified() {
+		candidates = append(candidates, a)
+	} else {
+		// Each other listener takes at most one specific address first:
+		// one more candidate than there are is enough.
+		lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		for range len(others) + 1 {
+			candidates = append(candidates, lo)
+			lo = lo.Next()
+		}
+		candidates = append(candidates, netip.IPv6Loopback())
+	}
+	for _, d := range candidates {
+		if ours(d) {
+			return d, d, nil
+		}
+	}
+	return netip.Addr{}, netip.Addr{}, fmt.Errorf("reuseport: plug a placeholder of %s: another listener of port %d takes every address it could connect to (%v, ...) before the group",
+		g.addr, g.addr.Port(), candidates[0])
+}
+
+// socket returns the group as ListeningSockets lists its members.
+func (g *Group) socket() Socket {
+	a := g.addr.Addr()
+	if g.key.Family == unix.AF_INET6 {
+		a = netip.AddrFrom16(a.As16())
+	} else {
+		a = a.Unmap()
+	}
+	return Socket{Addr: netip.AddrPortFrom(a, g.addr.Port()), V6Only: g.key.V6Only, Dev: int(g.key.Ifindex)}
 }
 
 // boundSocket returns a TCP socket bound to src and an ephemeral port, with

@@ -4,9 +4,11 @@ package reuseport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +106,42 @@ func TestGroupBesideNarrowerListener(t *testing.T) {
 			quick("Compact", g.Compact)
 			onlyOn(t, "compacted", landing(t, g, netip.Addr{}, dial, 4, next...), 0, 1)
 		})
+	}
+}
+
+// TestGroupPlugAddressTaken: a v6only [::] group beside a listener on
+// [::1] of its port has no address to plug a placeholder through (every
+// connection it could make reaches the other listener first): Dark says
+// so at once, instead of waiting for a plug that goes elsewhere.
+func TestGroupPlugAddressTaken(t *testing.T) {
+	if !netnstest.Run(t) {
+		return
+	}
+	l, err := Listen(context.Background(), "tcp6", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	port := l.Addr().(*net.TCPAddr).Port
+	lo, err := Listen(context.Background(), "tcp6", fmt.Sprintf("[::1]:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lo.Close() })
+	if s, err := Describe(l.(*net.TCPListener)); err != nil || !s.V6Only {
+		t.Skipf("the tcp6 listener is not v6only (%+v, %v)", s, err)
+	}
+	g := NewGroup(netip.MustParseAddrPort(l.Addr().String()), GroupOptions{})
+	t.Cleanup(func() { g.Close() })
+	start := time.Now()
+	err = g.Dark(inodes(t, []*net.TCPListener{l.(*net.TCPListener)}))
+	if err == nil || errors.Is(err, ErrSlotsUnknown) || !strings.Contains(err.Error(), "takes every address") {
+		t.Fatalf("Dark: %v, want an error that no address reaches the group", err)
+	}
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Fatalf("Dark took %v: it waited for a plug", d)
+	}
+	if q, err := AcceptQueueLen(lo.(*net.TCPListener)); err != nil || q != 0 {
+		t.Fatalf("%d connections queued on [::1] (%v), want none", q, err)
 	}
 }

@@ -20,7 +20,11 @@ import (
 // placeholder in the moment between its listen(2) and the attach of the
 // program.
 func (g *Group) relayStranded(p *placeholder, n int) {
-	_, dst := g.plugAddrs()
+	_, dst, err := g.plugAddrs()
+	if err != nil {
+		g.log.Warn("cannot relay the clients stranded on a placeholder", "addr", g.addr, "err", err)
+		return
+	}
 	to := netip.AddrPortFrom(dst, g.addr.Port()).String()
 	for range n {
 		fd, _, err := unix.Accept4(p.fd, unix.SOCK_CLOEXEC)
