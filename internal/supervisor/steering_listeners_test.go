@@ -263,3 +263,67 @@ func TestFirstGenerationIsReadWhenReady(t *testing.T) {
 		t.Errorf("generation 1's descriptors read %d times by the next reload's dark, want 1 in all", n)
 	}
 }
+
+// TestRefusedGenerationStopsWithoutPlaceholders: a generation that started
+// dark and is stopped without ever serving (refused for a shadowing
+// address) joined the steered group after every serving member, so its
+// departures move only members after the serving slots: its stop adds no
+// placeholder, and so makes no plug connection that could hold up the
+// loop before its stop signal (the hold's TimerHold counts from the
+// machine's decision). The serving generation keeps every connection after
+// it left.
+func TestRefusedGenerationStopsWithoutPlaceholders(t *testing.T) {
+	old, st := servingAndDark(t)
+	addr := netip.MustParseAddrPort(old.addr)
+	g := st.groups[addr]
+	if g == nil {
+		t.Fatalf("%s is not steered", addr)
+	}
+	refused := startHolder(t, 2, 0, reuseListen(t, old.addr), reuseListen(t, old.addr))
+	before := g.Placeholders()
+	st.mu.Unlock() // prepareDepartures locks it
+	shared := st.prepareDepartures(refused.in)
+	st.mu.Lock()
+	if n := g.Placeholders(); n != before {
+		t.Errorf("the refused generation's stop added %d placeholders, want none (its listeners come after the serving one's)", n-before)
+	}
+	if len(shared) != 2 {
+		t.Errorf("the stop's watch looks for %d listeners of the refused generation, want its 2", len(shared))
+	}
+	_ = refused.cmd.Process.Kill()
+	_ = refused.cmd.Wait()
+	if err := g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for range n {
+		c, err := net.DialTimeout("tcp", old.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	oldSocks, err := st.listenersOf(old.in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldIno := oldSocks[addr][0].Inode
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		socks, err := reuseport.ListeningSockets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := -1
+		for _, s := range socks {
+			if s.Inode == oldIno {
+				q = s.Queue
+			}
+		}
+		if q == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("generation 1's listener queues %d of the %d connections after the refused one left (%s)", q, n, g)
+		}
+	}
+}
