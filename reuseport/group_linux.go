@@ -191,6 +191,42 @@ func (g *Group) PrepareDepartures(n int) error {
 	return nil
 }
 
+// Trailing reports whether every slot that members (listeners in the
+// group, as [Inode] or [ListeningSockets] give them) hold comes after
+// every slot the program steers to, after a look at the group (as
+// [Group.Sync]). Their departures then need no [Group.PrepareDepartures]:
+// when one leaves, the kernel moves the group's last member into its slot,
+// and while one of them is still there the last member is past the
+// steered slots too, so the steered members never move. A generation that
+// joined while another served and leaves without serving (refused) is
+// such; the members of a generation that served before a cutover are not.
+func (g *Group) Trailing(members []uint64) (bool, error) {
+	if err := g.ready("Trailing"); err != nil {
+		return false, err
+	}
+	if err := g.apply(nil); err != nil {
+		return false, err
+	}
+	serving, probe, err := g.targets()
+	if err != nil {
+		return false, err
+	}
+	last := -1
+	for _, s := range slices.Concat(serving, probe) {
+		last = max(last, int(s))
+	}
+	for _, m := range members {
+		b := g.where[m]
+		if b == nil {
+			return false, nil // not a member: nothing to say of it
+		}
+		if slices.ContainsFunc(b.pos, func(p int) bool { return p <= last }) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // Sync looks at the group (sock_diag) and updates the model with the
 // members that joined or left since the last look. If a steered member
 // left and another moved into a slot the program targets, it attaches the

@@ -563,3 +563,32 @@ func TestGroupHold(t *testing.T) {
 		})
 	}
 }
+
+// TestGroupTrailing: a generation that joined while another served comes
+// after the steered slots (its departures need no placeholder); the one
+// that served before a cutover does not.
+func TestGroupTrailing(t *testing.T) {
+	old := []*net.TCPListener{listen(t, "127.0.0.1:0")}
+	addr := old[0].Addr().String()
+	old = append(old, listen(t, addr))
+	g := NewGroup(netip.MustParseAddrPort(addr), GroupOptions{})
+	t.Cleanup(func() { g.Close() })
+	if err := g.Dark(inodes(t, old)); err != nil {
+		t.Fatal(err)
+	}
+	next := inodes(t, []*net.TCPListener{listen(t, addr), listen(t, addr)})
+	check := func(what string, members []uint64, want bool) {
+		t.Helper()
+		got, err := g.Trailing(members)
+		if err != nil || got != want {
+			t.Errorf("%s: Trailing %v, %v; want %v (%s)", what, got, err, want, g)
+		}
+	}
+	check("dark: the joined generation", next, true)
+	check("dark: the serving generation", inodes(t, old), false)
+	if err := g.Cutover(next); err != nil {
+		t.Fatal(err)
+	}
+	check("cut over: the generation that served before", inodes(t, old), false)
+	check("cut over: the serving generation", next, false)
+}

@@ -291,7 +291,9 @@ func (st *steering) cutover(in, old *Instance) (map[netip.AddrPort][]reuseport.S
 
 // prepareDepartures appends, to each group, as many placeholders as old
 // has listeners in it, before old's stop signal: its listeners then leave
-// in any order without moving the new generation's slots. It returns the
+// in any order without moving the new generation's slots. None where
+// old's listeners all come after the steered slots (Group.Trailing: a
+// generation refused before it served). It returns the
 // inodes of old's listeners on every address shared with SO_REUSEPORT,
 // steered or not (nil if nothing is steered or they cannot be read): the
 // stop's watch looks for them in the sock_diag dump.
@@ -308,6 +310,13 @@ func (st *steering) prepareDepartures(old *Instance) map[uint64]bool {
 	}
 	for addr, g := range st.groups {
 		if n := len(byAddr[addr]); n > 0 {
+			if trailing, err := g.Trailing(inodesOf(byAddr[addr])); err == nil && trailing {
+				// A generation stopped without serving (refused): its
+				// listeners joined after the serving ones and their
+				// departures cannot move them. No placeholder, so no plug
+				// connection, delays its stop signal.
+				continue
+			}
 			if err := g.PrepareDepartures(n); err != nil {
 				st.log.Warn("cannot add placeholders before a stop signal", KeyGeneration, old.Gen, "addr", addr, KeyError, err)
 			}
