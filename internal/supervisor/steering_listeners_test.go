@@ -223,6 +223,10 @@ func TestStopWatchSeesEverySharedListener(t *testing.T) {
 	// the one on the other address still listens.
 	_ = old.cmd.Process.Kill()
 	_ = old.cmd.Wait()
+	// As an instance's reaper does: its leader was alive until now, so
+	// the group's other process (started after the leader was first
+	// verified) is still its (see proc.Target).
+	old.in.target.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	listenersGone(ctx, old.in)
