@@ -5,13 +5,11 @@ package supervisor
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -124,34 +122,19 @@ func TestSwapSendsAPendingStop(t *testing.T) {
 	if err := os.WriteFile(pidfile, []byte(strconv.Itoa(serving)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs strings.Builder
-	var mu sync.Mutex
+	var logs syncBuffer
 	cfg := sleepSwap(t, pidfile)
-	cfg.Log = slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
+	cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	if _, err := Swap(ctx, cfg); err != nil {
 		t.Fatalf("swap: %v", err)
 	}
-	mu.Lock()
 	out := logs.String()
-	mu.Unlock()
 	if !strings.Contains(out, fmt.Sprintf("msg=\"stop signal sent\" generation=1 pid=%d", unstopped)) {
 		t.Errorf("generation 1, whose stop was pending, got no stop signal; log:\n%s", out)
 	}
 	if strings.Contains(out, "generation=1") && strings.Contains(out, "killed=true") {
 		t.Errorf("generation 1 was SIGKILLed rather than stopped; log:\n%s", out)
 	}
-}
-
-// lockedWriter serialises writes to w.
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
