@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,6 +37,7 @@ const (
 // 127.0.0.1:P) under a supervisor whose stop signal nginx ignores, and
 // sets the next generation to listen on 127.0.0.1:P, which shadows it.
 func stubbornWorld(t *testing.T) (w *nobodyWorld, flags []string, servingListen string) {
+	requireServer(t, nginxServer)
 	w = newNobodyWorld(t, nginxServer)
 	port := netip.MustParseAddrPort(w.addr).Port()
 	servingListen = fmt.Sprintf("0.0.0.0:%d", port)
@@ -50,6 +52,26 @@ func stubbornWorld(t *testing.T) (w *nobodyWorld, flags []string, servingListen 
 	return w, flags, servingListen
 }
 
+// stubbornServing is stubbornWorld under a supervisor, generation 1
+// answering.
+type stubbornServing struct {
+	w             *nobodyWorld
+	flags         []string // the supervisor's
+	servingListen string   // generation 1's listen address
+	cmd           *exec.Cmd
+	done          chan struct{} // closed when the supervisor exits
+	g1            supervisor.GenStatus
+}
+
+func startStubbornServing(t *testing.T) stubbornServing {
+	var s stubbornServing
+	s.w, s.flags, s.servingListen = stubbornWorld(t)
+	s.cmd, s.done = s.w.startSupervisor(s.flags...)
+	s.g1 = s.w.waitServing(s.done, 1)
+	answeredBy(t, s.w.addr, 10, "v1", s.g1.PGID)
+	return s
+}
+
 // TestRealServersShadowingRefusedStubborn: the reload to a generation on
 // 127.0.0.1:P beside the steered 0.0.0.0:P is refused; that generation
 // ignores its stop signal. Its hold must end within about 2 s (SIGKILL of
@@ -61,11 +83,8 @@ func TestRealServersShadowingRefusedStubborn(t *testing.T) {
 	if !netnstest.Run(t) {
 		return
 	}
-	requireServer(t, nginxServer)
-	w, flags, _ := stubbornWorld(t)
-	_, done := w.startSupervisor(flags...)
-	g1 := w.waitServing(done, 1)
-	answeredBy(t, w.addr, 10, "v1", g1.PGID)
+	s := startStubbornServing(t)
+	w, g1 := s.w, s.g1
 
 	load := startPatientPIDLoad(t, w.addr, steeredClients, 60*time.Second)
 	load.progress(t, 300)
@@ -112,11 +131,8 @@ func TestRealServersShadowingRefusedSupervisorKilled(t *testing.T) {
 	if !netnstest.Run(t) {
 		return
 	}
-	requireServer(t, nginxServer)
-	w, flags, servingListen := stubbornWorld(t)
-	cmd, done := w.startSupervisor(flags...)
-	g1 := w.waitServing(done, 1)
-	answeredBy(t, w.addr, 10, "v1", g1.PGID)
+	s := startStubbornServing(t)
+	w, flags, servingListen, cmd, done := s.w, s.flags, s.servingListen, s.cmd, s.done
 
 	w.listen = fmt.Sprintf("127.0.0.1:%d", netip.MustParseAddrPort(w.addr).Port())
 	w.setVersion("v2", 2)
