@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -67,6 +68,7 @@ const EnvKeeper = "CHANGEOVER_INTERNAL_DRAIN_KEEPER"
 type KeeperOrder struct {
 	Pidfile     string     `json:"pidfile"`
 	LogFormat   string     `json:"log_format,omitempty"` // text (default) or json
+	LogLevel    slog.Level `json:"log_level,omitempty"`  // the least level logged (swap's --log-level)
 	Generations []StateGen `json:"generations"`          // draining, each with its DrainDeadline
 }
 
@@ -102,17 +104,22 @@ func MaybeKeep() (int, bool) {
 	_ = os.Unsetenv(EnvKeeper)
 	var order KeeperOrder
 	err := json.Unmarshal([]byte(v), &order)
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
-	if order.LogFormat == "json" {
-		h = slog.NewJSONHandler(os.Stderr, nil)
-	}
-	log := slog.New(h).With("keeper_pid", os.Getpid())
+	log := keeperLogger(order, os.Stderr)
 	if err != nil {
 		log.Error("drain keeper: unreadable order; nothing signalled", KeyError, err)
 		return 2, true
 	}
 	keep(order, log)
 	return 0, true
+}
+
+// keeperLogger is the keeper's logger, in the order's format, to w.
+func keeperLogger(order KeeperOrder, w io.Writer) *slog.Logger {
+	var h slog.Handler = slog.NewTextHandler(w, nil)
+	if order.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, nil)
+	}
+	return slog.New(h).With("keeper_pid", os.Getpid())
 }
 
 // keep watches every generation of order to its end, then drops the gone
