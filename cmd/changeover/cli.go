@@ -117,12 +117,22 @@ func durationFlag(fs *flag.FlagSet, name string, def time.Duration, help string)
 	return d
 }
 
-// newLogger returns a slog logger in the given format.
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+// parseLogLevel reads a --log-level value.
+func parseLogLevel(level string) (slog.Level, error) {
 	levels := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
 	lv, ok := levels[strings.ToLower(level)]
 	if !ok {
-		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
+		return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)
+	}
+	return lv, nil
+}
+
+// newLogger returns a slog logger in the given format, from the given
+// level up.
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	lv, err := parseLogLevel(level)
+	if err != nil {
+		return nil, err
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {

@@ -61,6 +61,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return usagef(fs, "%v", err)
 	}
+	level, _ := parseLogLevel(*logLevel) // checked by newLogger
 	for _, p := range health {
 		if err := validProbe(p); err != nil {
 			return usagef(fs, "%v", err)
@@ -94,7 +95,7 @@ func cmdSwap(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			DrainTimeout: *drainTimeout, StopSignal: *stopSignal, KillMode: *killMode,
 		},
 		Probes: health, Notify: *notify, ReadyTimeout: *readyTimeout, Log: log, Takeover: *takeover,
-		Steering: *steering, LogFormat: *logFormat,
+		Steering: *steering, LogFormat: *logFormat, LogLevel: level,
 	})
 	if sig := unix.Signal(caught.Load()); err != nil && sig != 0 && errors.Is(err, supervisor.ErrInterrupted) {
 		return &codeError{code: 128 + int(sig), err: err}

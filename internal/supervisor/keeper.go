@@ -115,9 +115,10 @@ func MaybeKeep() (int, bool) {
 
 // keeperLogger is the keeper's logger, in the order's format, to w.
 func keeperLogger(order KeeperOrder, w io.Writer) *slog.Logger {
-	var h slog.Handler = slog.NewTextHandler(w, nil)
+	opts := &slog.HandlerOptions{Level: order.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if order.LogFormat == "json" {
-		h = slog.NewJSONHandler(w, nil)
+		h = slog.NewJSONHandler(w, opts)
 	}
 	return slog.New(h).With("keeper_pid", os.Getpid())
 }

@@ -41,9 +41,10 @@ type SwapConfig struct {
 	// is refused, nothing touched.
 	Takeover bool
 	Log      *slog.Logger
-	// LogFormat is the drain keeper's log format (see keeper.go): text
-	// (default) or json.
+	// LogFormat and LogLevel are the drain keeper's log format (see
+	// keeper.go: text, the default, or json) and least level (as Log's).
 	LogFormat string
+	LogLevel  slog.Level
 	// Steering is who steers the port at the handover, as Config.Steering:
 	// SteeringSupervisor (default) through placeholders of Swap's own, for
 	// the time of the handover, or SteeringKernel.
@@ -436,7 +437,7 @@ func (s *Supervisor) keepDraining(cfg SwapConfig, logf *os.File, recorded []Stat
 	if len(handed) == 0 {
 		return entries
 	}
-	order.Pidfile, order.LogFormat = cfg.Pidfile, cfg.LogFormat
+	order.Pidfile, order.LogFormat, order.LogLevel = cfg.Pidfile, cfg.LogFormat, cfg.LogLevel
 	pid, ticks, err := startKeeper(order, logf)
 	if err != nil {
 		log.Warn("cannot start the drain keeper: swap waits for the draining generations itself", KeyError, err)
