@@ -177,16 +177,8 @@ func TestCoreSurvivesBrokenPipe(t *testing.T) {
 	cmd.Env = append(os.Environ(), envHelper+"=main")
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	done := startGroup(t, cmd)
 	w.Close()
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	})
 	if line, err := bufio.NewReader(r).ReadString('\n'); err != nil {
 		t.Fatalf("first log line: %q %v", line, err)
 	}

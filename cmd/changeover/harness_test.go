@@ -361,6 +361,24 @@ func (e *env) binary(args ...string) *binProc {
 }
 
 // listenPlain listens on addr without SO_REUSEPORT.
+// startGroup starts cmd, which leads a process group of its own (its
+// SysProcAttr sets Setsid or Setpgid), and SIGKILLs that group and waits
+// for cmd when the test ends. It returns a channel closed once cmd has
+// exited.
+func startGroup(t *testing.T, cmd *exec.Cmd) <-chan struct{} {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	})
+	return done
+}
+
 func listenPlain(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
 func contextWithCancel() (context.Context, context.CancelFunc) {

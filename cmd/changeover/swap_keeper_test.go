@@ -341,15 +341,7 @@ func TestSwapKeeperNeverSignalsAStranger(t *testing.T) {
 	sleepGroup := func() (int, uint64, <-chan struct{}) {
 		cmd := exec.Command("sleep", "60")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		})
+		done := startGroup(t, cmd)
 		ticks, err := proc.StartTime(cmd.Process.Pid)
 		if err != nil {
 			t.Fatal(err)
@@ -385,15 +377,7 @@ func TestSwapKeeperNeverSignalsAStranger(t *testing.T) {
 	cmd.Env = append(os.Environ(), envKeeper+"="+string(order))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	kdone := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(kdone) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-kdone
-	})
+	kdone := startGroup(t, cmd)
 	select {
 	case <-kdone:
 	case <-time.After(20 * time.Second):

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,6 +107,9 @@ func TestStopNeverSignalsReusedGroup(t *testing.T) {
 		// alive are known to be its.
 		pgid, leaderTicks, member, memberTicks := orphanMember(t)
 		in := adopt(1, int(pgid), int(pgid), leaderTicks, memberTicks-1, "")
+		if reach := in.target.Members(); slices.Contains(reach, member) {
+			t.Fatalf("a group signal would reach %v, pid %d among them", reach, member)
+		}
 		stopAll(in)
 		time.Sleep(100 * time.Millisecond)
 		if !proc.Alive(member, memberTicks) {
